@@ -1,0 +1,391 @@
+"""config.toml loaded once into frozen, validated objects.
+
+Every problem is collected (not just the first) and named by file, section and key, so an
+administrator fixes a config in one pass. Unknown keys are errors: a typo must not silently
+fall back to a default. Nothing here touches the network or the database.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import zoneinfo
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+
+from routing.policy import Organization, Tier
+from routing.rules import Actions, Match, Rule
+from routing.severity import SeverityLevel
+from routing.sla import Calendar, Duration
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class MailboxConfig:
+    address: str
+    on_untagged: str = "reject"
+    on_unknown_sender: str = "hold"
+    imap: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class StaffMember:
+    address: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    case_prefix: str
+    timezone: str
+    service_name: str
+    templates_dir: Path | None
+    database_url: str
+    smtp_host: str
+    smtp_port: int
+    max_message_bytes: int
+    outbound_host: str
+    outbound_port: int
+    from_address: str
+    reply_domain: str
+    auto_replies_per_hour: int
+    max_attachment_bytes: int
+    max_attachments: int
+    mailboxes: tuple[MailboxConfig, ...]
+    levels: tuple[SeverityLevel, ...]
+    calendars: Mapping[str, Calendar]
+    tiers: Mapping[str, Tier]
+    organizations: tuple[Organization, ...]
+    staff: tuple[StaffMember, ...]
+    trusted_authserv_id: str
+    followup_attempts: int
+    followup_first_after: Duration
+    followup_grace: Duration
+    sev1_update_every: Duration
+    reopen_window: Duration
+    warn_at: float
+    queues: tuple[str, ...]
+    default_actions: Actions
+    rules: tuple[Rule, ...]
+    raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
+
+    def mailbox(self, address: str) -> MailboxConfig:
+        """The mailbox for an address (plus-tags ignored); the first mailbox when none is named."""
+        local, _, domain = address.lower().partition("@")
+        plain = f"{local.split('+', 1)[0]}@{domain}"
+        for box in self.mailboxes:
+            if box.address.lower() == plain:
+                return box
+        return self.mailboxes[0]
+
+    def level_name(self, level: int) -> str:
+        return next((lv.name for lv in self.levels if lv.level == level), str(level))
+
+    @property
+    def own_addresses(self) -> frozenset[str]:
+        return frozenset({self.from_address.lower(), *(m.address.lower() for m in self.mailboxes)})
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("INTAKE_CONFIG", "config.toml"))
+
+
+def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read and validate `path`; `overrides` ({"database": {"url": ...}}) replace whole keys (tests, CLI)."""
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(values)
+    return _Builder(path, data).build()
+
+
+class _Section:
+    """One table of the file: typed reads that record problems instead of raising."""
+
+    def __init__(self, builder: "_Builder", name: str, data: Any) -> None:
+        self.b, self.name = builder, name
+        self.data: dict[str, Any] = data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            builder.problem(name, None, f"expected a table, got {_kind(data)}")
+        self.seen: set[str] = set()
+
+    def get(self, key: str, kind: type[T] | tuple[type, ...], default: Any = _MISSING) -> Any:
+        self.seen.add(key)
+        if key not in self.data:
+            if default is _MISSING:
+                self.b.problem(self.name, key, "is required")
+            return default
+        value = self.data[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float, (int, float))):
+            self.b.problem(self.name, key, f"expected {_kind_name(kind)}, got {_kind(value)}")
+            return default if default is not _MISSING else None
+        return value
+
+    def convert(self, key: str, raw: Any, fn: Callable[[Any], T]) -> T | None:
+        try:
+            return fn(raw)
+        except (ValueError, KeyError, TypeError, re.error, zoneinfo.ZoneInfoNotFoundError) as exc:
+            self.b.problem(self.name, key, str(exc) or exc.__class__.__name__)
+            return None
+
+    def finish(self) -> None:
+        for key in sorted(set(self.data) - self.seen):
+            self.b.problem(self.name, key, "unknown key")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a table", list: "an array", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _kind_name(kind: Any) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(_kind(k()) if k is not type(None) else "nothing" for k in kinds)
+
+
+class _Builder:
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path, self.data = path, data
+        self.problems: list[str] = []
+
+    def problem(self, section: str, key: str | None, message: str) -> None:
+        where = f"[{section}]" + (f" {key}" if key else "")
+        self.problems.append(f"{self.path}: {where}: {message}")
+
+    def section(self, name: str, required: bool = True) -> _Section:
+        if name not in self.data and not required:
+            return _Section(self, name, {})
+        if name not in self.data:
+            self.problem(name, None, "section is missing")
+            return _Section(self, name, {})
+        return _Section(self, name, self.data[name])
+
+    def build(self) -> Config:
+        known = {"service", "database", "smtp", "outbound", "limits", "mailboxes", "severity", "calendars",
+                 "tiers", "organizations", "staff", "followup", "sla", "routing"}
+        for key in sorted(set(self.data) - known):
+            self.problems.append(f"{self.path}: [{key}]: unknown section")
+        parts = {**self._service(), **self._transport(), **self._policy(), **self._time(), **self._routing()}
+        if self.problems:
+            raise ConfigError(self.problems)
+        return Config(path=self.path, raw=self.data, **parts)
+
+    def _service(self) -> dict[str, Any]:
+        s = self.section("service")
+        prefix = s.get("case_prefix", str, "CASE")
+        if prefix and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,15}", prefix):
+            self.problem("service", "case_prefix", f"{prefix!r} must be letters, digits or _ (starting with a letter)")
+        tz = s.get("timezone", str, "UTC")
+        s.convert("timezone", tz, zoneinfo.ZoneInfo)
+        templates = s.get("templates_dir", str, "")
+        values = {"case_prefix": prefix, "timezone": tz, "service_name": s.get("name", str, "Support"),
+                  "templates_dir": (self.path.parent / templates) if templates else None}
+        s.finish()
+        db = self.section("database")
+        values["database_url"] = db.get("url", str)
+        db.finish()
+        return values
+
+    def _transport(self) -> dict[str, Any]:
+        smtp, out = self.section("smtp"), self.section("outbound")
+        limits = self.section("limits", required=False)
+        values = {
+            "smtp_host": smtp.get("host", str, "127.0.0.1"), "smtp_port": smtp.get("port", int, 2525),
+            "max_message_bytes": smtp.get("max_message_bytes", int, 26214400),
+            "outbound_host": out.get("host", str, "127.0.0.1"), "outbound_port": out.get("port", int, 25),
+            "from_address": out.get("from_address", str), "reply_domain": out.get("reply_domain", str),
+            "auto_replies_per_hour": limits.get("auto_replies_per_hour", int, 5),
+            "max_attachment_bytes": limits.get("max_attachment_bytes", int, 10 * 1024 * 1024),
+            "max_attachments": limits.get("max_attachments", int, 50),
+        }
+        for sec in (smtp, out, limits):
+            sec.finish()
+        if values["from_address"] and "@" not in values["from_address"]:
+            self.problem("outbound", "from_address", "must be an email address")
+        values["mailboxes"] = self._mailboxes()
+        return values
+
+    def _mailboxes(self) -> tuple[MailboxConfig, ...]:
+        raw = self.data.get("mailboxes")
+        if not isinstance(raw, list) or not raw:
+            self.problem("mailboxes", None, "at least one [[mailboxes]] entry is required")
+            return ()
+        boxes = []
+        for i, entry in enumerate(raw):
+            s = _Section(self, f"mailboxes.{i}", entry)
+            address = s.get("address", str, "")
+            on_untagged = s.get("on_untagged", str, "reject")
+            on_unknown = s.get("on_unknown_sender", str, "hold")
+            imap = s.get("imap", dict, None)
+            s.finish()
+            self._check_policy(s.name, on_untagged, on_unknown)
+            boxes.append(MailboxConfig(address.lower(), on_untagged, on_unknown, imap))
+        return tuple(boxes)
+
+    def _check_policy(self, where: str, on_untagged: str | None, on_unknown: str | None) -> None:
+        levels = {lv.get("level") for lv in self.data.get("severity", {}).get("levels", []) if isinstance(lv, dict)}
+        if on_untagged is not None and on_untagged not in ("reject", "hold"):
+            m = re.fullmatch(r"default:\s*(\d+)", on_untagged)
+            if not m or int(m.group(1)) not in levels:
+                self.problem(where, "on_untagged", f"{on_untagged!r}: expected reject, hold or default:N with N a configured level")
+        if on_unknown is not None and on_unknown not in ("hold", "reject", "accept"):
+            self.problem(where, "on_unknown_sender", f"{on_unknown!r}: expected hold, reject or accept")
+
+    def _policy(self) -> dict[str, Any]:
+        sev = self.section("severity")
+        levels = []
+        for i, entry in enumerate(sev.get("levels", list, [])):
+            s = _Section(self, f"severity.levels.{i}", entry)
+            lv = SeverityLevel(s.get("level", int, 0), s.get("name", str, ""),
+                               tuple(s.get("aliases", list, [])), s.get("description", str, ""))
+            s.finish()
+            levels.append(lv)
+        sev.finish()
+        if not levels:
+            self.problem("severity", "levels", "at least one level is required")
+        staff = self.section("staff", required=False)
+        members = []
+        for i, entry in enumerate(staff.get("members", list, [])):
+            s = _Section(self, f"staff.members.{i}", entry)
+            members.append(StaffMember(s.get("address", str, "").lower(), s.get("name", str, "")))
+            s.finish()
+        values = {"levels": tuple(sorted(levels, key=lambda lv: lv.level)), "staff": tuple(members),
+                  "trusted_authserv_id": staff.get("trusted_authserv_id", str, "")}
+        staff.finish()
+        values["tiers"] = self._tiers({lv.level for lv in levels})
+        values["organizations"] = self._organizations(set(values["tiers"]))
+        return values
+
+    def _tiers(self, levels: set[int]) -> dict[str, Tier]:
+        tiers = {}
+        for name, entry in self.section("tiers").data.items():
+            s = _Section(self, f"tiers.{name}", entry)
+            response = {}
+            for key, text in s.get("response", dict, {}).items():
+                level = s.convert("response", key, int)
+                if level not in levels:
+                    self.problem(s.name, "response", f"{key!r} is not a configured severity level")
+                response[level] = s.convert("response", text, Duration.parse)
+            clock = s.get("clock", dict, {})
+            for key, value in clock.items():
+                if value not in ("24x7", "business"):
+                    self.problem(s.name, "clock", f"{key} = {value!r}: expected \"24x7\" or \"business\"")
+            tiers[name] = Tier(name, response, {int(k): v for k, v in clock.items() if str(k).isdigit()},
+                               s.get("calendar", str, "business"), s.get("email_tickets", bool, True),
+                               s.get("incidents_per_year", int, None), s.get("forum_url", str, ""))
+            s.finish()
+        return tiers
+
+    def _organizations(self, tiers: set[str]) -> tuple[Organization, ...]:
+        orgs = []
+        for i, entry in enumerate(self.data.get("organizations", [])):
+            s = _Section(self, f"organizations.{i}", entry)
+            tier = s.get("tier", str, "")
+            if tier not in tiers:
+                self.problem(s.name, "tier", f"{tier!r} is not a tier in [tiers]")
+            start = s.get("contract_start", str, "01-01")
+            month_day = s.convert("contract_start", start, _month_day)
+            orgs.append(Organization(s.get("name", str, ""), tuple(d.lower() for d in s.get("domains", list, [])),
+                                     tier, s.get("contact", str, None), month_day or (1, 1)))
+            s.finish()
+        return tuple(orgs)
+
+    def _time(self) -> dict[str, Any]:
+        calendars = {}
+        for name, entry in self.section("calendars").data.items():
+            s = _Section(self, f"calendars.{name}", entry)
+            args = (s.get("timezone", str, "UTC"), s.get("hours", dict, {}),
+                    s.get("holidays", str, None), s.get("extra_closed", list, []))
+            calendar = s.convert("hours", args, lambda a: Calendar.from_config(*a))
+            s.finish()
+            if calendar is not None:
+                calendars[name] = calendar
+        for tier in self.data.get("tiers", {}):
+            wanted = self.data["tiers"][tier].get("calendar", "business") if isinstance(self.data["tiers"][tier], dict) else None
+            if wanted and wanted not in calendars:
+                self.problem(f"tiers.{tier}", "calendar", f"{wanted!r} is not a calendar in [calendars]")
+        f = self.section("followup")
+        values = {"followup_attempts": f.get("attempts", int, 2)}
+        for key, default in (("first_after", "1bd"), ("grace", "1bd"), ("sev1_update_every", "4h"), ("reopen_window", "14d")):
+            values[key if key.startswith(("sev1", "reopen")) else f"followup_{key}"] = (
+                f.convert(key, f.get(key, str, default), Duration.parse) or Duration.parse(default))
+        f.finish()
+        sla = self.section("sla", required=False)
+        values["warn_at"] = float(sla.get("warn_at", (int, float), 0.75))
+        sla.finish()
+        return {"calendars": calendars, **values}
+
+    def _routing(self) -> dict[str, Any]:
+        r = self.section("routing")
+        queues = tuple(r.get("queues", list, []))
+        default = self._actions(_Section(self, "routing.default", r.get("default", dict, {})), queues)
+        if default.queue is None:
+            self.problem("routing", "default", "must name a queue")
+        rules = []
+        for i, entry in enumerate(r.get("rules", list, [])):
+            s = _Section(self, f"routing.rules.{i}", entry)
+            name = s.get("name", str, f"rule-{i + 1}")
+            s.name = f"routing.rules.{name}"
+            rules.append(Rule(name, self._match(s), self._actions(s, queues), s.get("stop", bool, True)))
+        r.finish()
+        return {"queues": queues, "default_actions": default, "rules": tuple(rules)}
+
+    def _match(self, rule: _Section) -> Match:
+        s = _Section(self, f"{rule.name}.match", rule.get("match", dict, {}))
+        strings = {k: tuple(str(v).lower() for v in _listify(s.get(k, (list, str), []))) for k in
+                   ("mailbox", "recipient", "sender", "sender_domain", "organization", "tier")}
+        severity = tuple(s.get("severity", list, []))
+        headers = tuple((name, s.convert("header", pattern, re.compile)) for name, pattern in s.get("header", dict, {}).items())
+        match = Match(**strings, severity=severity,
+                      subject=_compile(s, "subject"), body=_compile(s, "body"),
+                      has_attachment=s.get("has_attachment", bool, None),
+                      header=tuple((n, p) for n, p in headers if p is not None))
+        s.finish()
+        return match
+
+    def _actions(self, s: _Section, queues: tuple[str, ...]) -> Actions:
+        queue = s.get("queue", str, None)
+        if queue is not None and queue not in queues:
+            self.problem(s.name, "queue", f"{queue!r} is not in [routing] queues")
+        on_untagged, on_unknown = s.get("on_untagged", str, None), s.get("on_unknown_sender", str, None)
+        self._check_policy(s.name, on_untagged, on_unknown)
+        actions = Actions(queue, s.get("assignee", str, None), tuple(s.get("tags", list, [])),
+                          tuple(s.get("notify", list, [])), s.get("severity_floor", int, None),
+                          s.get("severity_ceiling", int, None), on_untagged, on_unknown)
+        if s.name == "routing.default":
+            s.finish()
+        else:
+            s.get("name", str, None), s.get("match", dict, None), s.get("stop", bool, True)
+            s.finish()
+        return actions
+
+
+def _listify(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _compile(s: _Section, key: str) -> re.Pattern[str] | None:
+    pattern = s.get(key, str, None)
+    return None if pattern is None else s.convert(key, pattern, lambda p: re.compile(p, re.IGNORECASE))
+
+
+def _month_day(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d{2})-(\d{2})", text)
+    if not m or not (1 <= int(m.group(1)) <= 12 and 1 <= int(m.group(2)) <= 28):
+        raise ValueError(f"{text!r}: expected MM-DD (day 01-28)")
+    return int(m.group(1)), int(m.group(2))

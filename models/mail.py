@@ -1,0 +1,49 @@
+"""Inbound mail as received: the durability point of the whole service."""
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, enum_column
+
+
+class InboundStatus(str, enum.Enum):
+    RECEIVED = "received"        # stored, not yet processed (or processing crashed)
+    PROCESSED = "processed"
+    QUARANTINED = "quarantined"  # processing failed; error kept, replayable
+
+
+class Outcome(str, enum.Enum):
+    TICKET = "ticket"            # opened a new case
+    REPLY = "reply"              # threaded into an existing case
+    REJECTED = "rejected"        # kept as a rejection record with its reason
+    HELD = "held"                # waiting for manual review
+    BOUNCE = "bounce"            # a delivery status notification
+
+
+class InboundMail(Base):
+    __tablename__ = "inbound_mail"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(index=True)
+    door: Mapped[str] = mapped_column(String(16))                     # smtp | imap | import
+    mailbox: Mapped[str] = mapped_column(String(320))
+    envelope_sender: Mapped[str | None] = mapped_column(String(320))
+    envelope_recipients: Mapped[list[str]]
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    message_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    status: Mapped[InboundStatus] = mapped_column(enum_column(InboundStatus), default=InboundStatus.RECEIVED)
+    outcome: Mapped[Outcome | None] = mapped_column(enum_column(Outcome))
+    reason: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)                  # human explanation of the outcome
+    error: Mapped[str | None] = mapped_column(Text)                   # why it is quarantined
+    sender: Mapped[str | None] = mapped_column(String(320))
+    subject: Mapped[str | None] = mapped_column(Text)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    processed_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_inbound_mail_status_outcome", "status", "outcome"),)
