@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from functools import cached_property, lru_cache
@@ -42,13 +43,13 @@ class Duration:
 
     def __post_init__(self) -> None:
         if self.amount < 0 or self.unit not in get_args(Unit):
-            raise ValueError(f"invalid duration {self.amount!r}{self.unit!r}")
+            raise ValueError(f"invalid duration: amount {self.amount!r}, unit {self.unit!r}")
 
     @classmethod
     def parse(cls, text: str) -> Duration:
         match = _DURATION.fullmatch(text.strip().lower())
         if match is None:
-            raise ValueError(f"invalid duration {text!r}: expected a whole number and h, bd, d or m, like '2h' or '1bd'")
+            raise ValueError(f"invalid duration {text!r}: expected a whole number and h, bd, d or m, like '2h'")
         return cls(int(match[1]), cast(Unit, match[2]))
 
     def __str__(self) -> str:
@@ -82,7 +83,8 @@ class Calendar:
             raise ValueError(f"unknown time zone {self.timezone!r}") from None
         if self.holidays_country is not None and self.holidays_country not in list_supported_countries():
             raise ValueError(f"unknown holidays country {self.holidays_country!r} (use an ISO code such as 'SE')")
-        week = {day: _checked_day(day, intervals) for day, intervals in self.hours.items() if intervals}
+        checked = {day: _checked_day(day, intervals) for day, intervals in self.hours.items()}
+        week = {day: intervals for day, intervals in checked.items() if intervals}
         if not week:
             raise ValueError("calendar has no open hours on any weekday")
         object.__setattr__(self, "hours", MappingProxyType(week))
@@ -94,9 +96,10 @@ class Calendar:
         """From config values: `{"mon": "09:00-17:00", "tue": "09:00-12:00,13:00-17:00"}`, "SE", ["2026-06-19"]."""
         week: dict[int, Intervals] = {}
         for key, value in hours.items():
-            if str(key).lower() not in _WEEKDAYS:
+            name = str(key).lower()
+            if name not in _WEEKDAYS:
                 raise ValueError(f"hours: unknown weekday {key!r} (expected one of {', '.join(_WEEKDAYS)})")
-            week[_WEEKDAYS.index(str(key).lower())] = _parse_intervals(key, value)
+            week[_WEEKDAYS.index(name)] = _parse_intervals(name, value)
         return cls(timezone, week, holidays, tuple(_parse_date(value) for value in extra_closed))
 
     @cached_property
@@ -106,7 +109,7 @@ class Calendar:
     @cached_property
     def _offsets(self) -> tuple[tuple[tuple[timedelta, timedelta], ...], ...]:
         """Per weekday, the open intervals as offsets from local midnight."""
-        return tuple(tuple((_offset(start), _offset(end, closing=True)) for start, end in self.hours.get(day, ()))
+        return tuple(tuple((_offset(opens), _offset(closes, closing=True)) for opens, closes in self.hours.get(day, ()))
                      for day in range(7))
 
     @cached_property
@@ -153,7 +156,7 @@ class Calendar:
             if remaining <= closes - opens:
                 return (opens + remaining).astimezone(self._zone)
             remaining -= closes - opens
-        raise ValueError(f"{amount} of business time from {start} reaches more than {_SEARCH_DAYS} days ahead")
+        raise ValueError(f"{amount} of business time from {start} reaches beyond {_SEARCH_DAYS} days ahead")
 
     def business_time_between(self, start: datetime, end: datetime) -> timedelta:
         """Open time between `start` and `end`; zero when `end` is not after `start`."""
@@ -161,8 +164,10 @@ class Calendar:
         if last <= first:
             return _ZERO
         days = (self._local_date(last) - self._local_date(first)).days + 1
-        return sum((min(closes, last) - max(opens, first) for opens, closes in self._spans(self._local_date(first), days)
-                    if opens < last and closes > first), _ZERO)
+        total = _ZERO
+        for opens, closes in self._spans(self._local_date(first), days):
+            total += max(min(closes, last) - max(opens, first), _ZERO)
+        return total
 
     def _local_date(self, moment: datetime) -> date:
         return moment.astimezone(self._zone).date()
@@ -180,18 +185,19 @@ class Calendar:
 
 
 def due_at(start: datetime, duration: Duration, clock: Clock, calendar: Calendar) -> datetime:
-    """When `duration` from `start` runs out on `clock` (`bd` always counts business time, `d` calendar days)."""
+    """When `duration` from `start` runs out on `clock`; `bd` is always business time, `d` whole calendar days."""
+    clock = _effective_clock(duration, clock)
     if duration.unit == "d":
-        local = start.astimezone(calendar._zone) if _utc(start) else start
-        return _utc(local + duration.amount * _DAY).astimezone(calendar._zone)
-    return _advance(start, _clock_amount(duration, calendar), _effective_clock(duration, clock), calendar)
+        wall = _utc(start).astimezone(calendar._zone) + duration.amount * _DAY   # same wall-clock time
+        return _utc(wall).astimezone(calendar._zone)
+    return _advance(start, _clock_amount(duration, calendar), clock, calendar)
 
 
 def elapsed(start: datetime, end: datetime, clock: Clock, calendar: Calendar,
             pauses: Sequence[Pause] = ()) -> timedelta:
     """Time used on `clock` between `start` and `end`, not counting pauses; an open pause runs to `end`."""
-    paused = _merged(pauses, start, _utc(end))
-    return _measure(start, end, clock, calendar) - sum((_measure(a, b, clock, calendar) for a, b in paused), _ZERO)
+    paused = sum((_measure(a, b, clock, calendar) for a, b in _merged(pauses, start, _utc(end))), _ZERO)
+    return _measure(start, end, clock, calendar) - paused
 
 
 def due_with_pauses(start: datetime, duration: Duration, clock: Clock, calendar: Calendar,
@@ -215,13 +221,17 @@ def _effective_clock(duration: Duration, clock: Clock) -> Clock:
     """Business days are business time even on a 24x7 tier; calendar days are plain elapsed time."""
     if clock not in get_args(Clock):
         raise ValueError(f"unknown clock {clock!r} (expected '24x7' or 'business')")
-    return {"bd": "business", "d": "24x7"}.get(duration.unit, clock)  # type: ignore[return-value]
+    if duration.unit == "bd":
+        return "business"
+    return "24x7" if duration.unit == "d" else clock
 
 
 def _clock_amount(duration: Duration, calendar: Calendar) -> timedelta:
     if duration.unit == "bd":
         return duration.amount * calendar.business_day_length()
-    return timedelta(**{{"h": "hours", "m": "minutes", "d": "days"}[duration.unit]: duration.amount})
+    if duration.unit == "h":
+        return timedelta(hours=duration.amount)
+    return timedelta(minutes=duration.amount) if duration.unit == "m" else timedelta(days=duration.amount)
 
 
 def _advance(start: datetime, amount: timedelta, clock: Clock, calendar: Calendar) -> datetime:
@@ -264,18 +274,19 @@ def _utc(moment: datetime) -> datetime:
 
 def _offset(moment: time, closing: bool = False) -> timedelta:
     """Offset from midnight; a closing time of 00:00 is the midnight that ends the day."""
-    offset = timedelta(hours=moment.hour, minutes=moment.minute, seconds=moment.second, microseconds=moment.microsecond)
+    offset = timedelta(hours=moment.hour, minutes=moment.minute, seconds=moment.second,
+                       microseconds=moment.microsecond)
     return _DAY if closing and offset == _ZERO else offset
 
 
 def _checked_day(day: int, intervals: Intervals) -> Intervals:
     if day not in range(7):
         raise ValueError(f"hours: weekday {day!r} is not 0 (Monday) to 6 (Sunday)")
-    ordered = tuple(sorted(intervals))
+    ordered = tuple(sorted((opens, closes) for opens, closes in intervals))
     previous_end = _ZERO
     for opens, closes in ordered:
         if _offset(opens) >= _offset(closes, closing=True) or _offset(opens) < previous_end:
-            raise ValueError(f"hours for {_WEEKDAYS[day]}: {opens:%H:%M}-{closes:%H:%M} is empty, reversed or overlapping")
+            raise ValueError(f"hours.{_WEEKDAYS[day]}: {opens:%H:%M}-{closes:%H:%M} is empty, reversed or overlapping")
         previous_end = _offset(closes, closing=True)
     return ordered
 
@@ -283,26 +294,23 @@ def _checked_day(day: int, intervals: Intervals) -> Intervals:
 def _parse_intervals(key: str, value: str) -> Intervals:
     if not isinstance(value, str):
         raise ValueError(f"hours.{key}: expected a string like '09:00-17:00', got {value!r}")
-    intervals = []
-    for part in filter(None, (p.strip() for p in value.split(","))):
-        match = _INTERVAL.fullmatch(part.replace(" ", ""))
-        try:
-            assert match is not None
-            intervals.append((_parse_time(match[1], match[2]), _parse_time(match[3], match[4])))
-        except (AssertionError, ValueError):
-            raise ValueError(f"hours.{key}: bad interval {part!r} in {value!r} (expected HH:MM-HH:MM)") from None
-    return tuple(intervals)
+    return tuple(_parse_interval(key, part.strip()) for part in value.split(",") if part.strip())
 
 
-def _parse_time(hour: str, minute: str) -> time:
-    """`24:00` is accepted as the midnight that closes the day."""
-    return time(0) if (hour, minute) == ("24", "00") else time(int(hour), int(minute))
+def _parse_interval(key: str, text: str) -> tuple[time, time]:
+    """`09:00-17:00`; `24:00` is accepted as the midnight that closes the day."""
+    match = _INTERVAL.fullmatch(text.replace(" ", ""))
+    with suppress(ValueError):
+        if match:
+            closes = time(0) if match.group(3, 4) == ("24", "00") else time(int(match[3]), int(match[4]))
+            return time(int(match[1]), int(match[2])), closes
+    raise ValueError(f"hours.{key}: bad interval {text!r} (expected HH:MM-HH:MM)")
 
 
 def _parse_date(value: str | date) -> date:
     if isinstance(value, date) and not isinstance(value, datetime):
         return value
-    try:
-        return date.fromisoformat(str(value)) if isinstance(value, str) else date.fromisoformat("")
-    except ValueError:
-        raise ValueError(f"extra_closed: {value!r} is not a date like '2026-06-19'") from None
+    if isinstance(value, str):
+        with suppress(ValueError):
+            return date.fromisoformat(value)
+    raise ValueError(f"extra_closed: {value!r} is not a date like '2026-06-19'")
