@@ -20,6 +20,7 @@ from routing.severity import SeverityLevel
 from routing.sla import Calendar, Duration
 
 T = TypeVar("T")
+DEFAULT_HOURS = {day: "09:00-17:00" for day in ("mon", "tue", "wed", "thu", "fri")}
 _MISSING: Any = object()
 
 
@@ -309,7 +310,7 @@ class _Builder:
         calendars = {}
         for name, entry in self.section("calendars").data.items():
             s = _Section(self, f"calendars.{name}", entry)
-            args = (s.get("timezone", str, "UTC"), s.get("hours", dict, {}),
+            args = (s.get("timezone", str, "UTC"), s.get("hours", dict, DEFAULT_HOURS),
                     s.get("holidays", str, None), s.get("extra_closed", list, []))
             calendar = s.convert("hours", args, lambda a: Calendar.from_config(*a))
             s.finish()

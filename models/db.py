@@ -13,11 +13,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None   # the driver's own BEGIN handling off; see _sqlite_begin_immediate
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
@@ -34,3 +36,9 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One transaction: commits on success, rolls back on any error. Query functions never commit."""
     with factory() as session, session.begin():
         yield session
+
+
+def _sqlite_begin_immediate(conn: Any) -> None:
+    """Take SQLite's write lock at BEGIN: a read-then-write transaction can then never fail
+    half-way because another connection committed in between (SQLITE_BUSY_SNAPSHOT)."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,199 @@
+"""Stage 6, apply: a decision becomes rows (ticket, message, attachments, events, outbox) in the
+caller's one transaction."""
+from __future__ import annotations
+
+import base64
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.orm import Session
+
+from intake.config import Config
+from intake.decide import NewCase, Refusal
+from intake.parse import ParsedEmail
+from intake.screen import Screening
+from models import Attachment, Direction, Event, InboundMail, Message, Outcome, Participant, Ticket, TicketStatus
+from notifications.outbox import Outbox, Outgoing, may_answer
+from routing.severity import SeverityReading
+from routing.sla import Duration
+from routing.subject import remove_case_references, strip_reply_prefixes
+
+SYSTEM = "system"
+
+
+@dataclass(frozen=True)
+class Context:
+    config: Config
+    outbox: Outbox
+    now: datetime
+
+    def local(self, when: datetime | None) -> datetime | None:
+        return when.astimezone(ZoneInfo(self.config.timezone)) if when else None
+
+
+def new_token() -> str:
+    """An unguessable reply token that survives MTAs lower-casing local parts."""
+    return base64.b32encode(secrets.token_bytes(10)).decode().lower()
+
+
+def reply_address(config: Config, ticket: Ticket) -> str:
+    local = config.from_address.partition("@")[0]
+    return f"{local}+{ticket.reply_token}@{config.reply_domain}"
+
+
+def open_case(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEmail, decision: NewCase,
+              screening: Screening, previous: Ticket | None = None) -> Ticket:
+    actions = decision.routing.actions
+    subject = remove_case_references(strip_reply_prefixes(mail.subject), ctx.config.case_prefix) or "(no subject)"
+    ticket = Ticket(subject=subject, severity=decision.severity, status=TicketStatus.OPEN,
+                    queue=actions.queue or "triage", assignee=actions.assignee, tags=list(actions.tags),
+                    requester=mail.sender.email, requester_name=mail.sender.name,
+                    organization=decision.organization.name if decision.organization else None,
+                    tier=decision.tier.name if decision.tier else None, mailbox=inbound.mailbox,
+                    reply_token=new_token(), created_at=ctx.now, updated_at=ctx.now,
+                    first_response_due=decision.due, previous_ticket_id=previous.id if previous else None)
+    session.add(ticket)
+    session.flush()
+    _add_participants(session, ctx, ticket, mail)
+    add_message(session, ticket, inbound, mail, "auto_reply" if screening.automatic else "customer")
+    add_event(session, ticket, "created", ctx.now, mail.sender.email, {
+        "rule": decision.routing.rule, "severity": decision.severity, "tag": decision.reading.describe(),
+        "tags_seen": list(decision.reading.tags), "queue": ticket.queue,
+        "due": ticket.first_response_due.isoformat() if ticket.first_response_due else None,
+        "previous": previous.ref(ctx.config.case_prefix) if previous else None})
+    if not screening.automatic:
+        _acknowledge(session, ctx, ticket, mail, inbound)
+    return ticket
+
+
+def _add_participants(session: Session, ctx: Context, ticket: Ticket, mail: ParsedEmail) -> None:
+    own = ctx.config.own_addresses
+    seen = {mail.sender.email}
+    session.add(Participant(ticket_id=ticket.id, address=mail.sender.email, name=mail.sender.name, role="requester"))
+    for cc in mail.cc:
+        if cc.email and cc.email not in seen and cc.email not in own and not _ours(ctx.config, cc.email):
+            seen.add(cc.email)
+            session.add(Participant(ticket_id=ticket.id, address=cc.email, name=cc.name, role="cc"))
+    session.flush()
+
+
+def _ours(config: Config, address: str) -> bool:
+    return address.rpartition("@")[2] == config.reply_domain.lower() and "+" in address.partition("@")[0]
+
+
+def _acknowledge(session: Session, ctx: Context, ticket: Ticket, mail: ParsedEmail, inbound: InboundMail) -> None:
+    recipients = [p.address for p in ticket.participants]
+    if not may_answer(session, ticket.requester, ctx.now, ctx.config.auto_replies_per_hour):
+        add_event(session, ticket, "acknowledgment_suppressed", ctx.now, SYSTEM, {"reason": "rate_limit"})
+        return
+    ctx.outbox.enqueue(session, Outgoing(
+        kind="acknowledgment", dedupe_key=f"acknowledgment:{inbound.id}", to=(recipients[0],),
+        cc=tuple(recipients[1:]), ticket_id=ticket.id, inbound_id=inbound.id,
+        in_reply_to=mail.message_id, references=(*mail.references, *([mail.message_id] if mail.message_id else [])),
+        reply_to=reply_address(ctx.config, ticket),
+        context={"ticket": ticket_context(ctx, ticket), "recipient_name": ticket.requester_name}), ctx.now)
+
+
+def ticket_context(ctx: Context, ticket: Ticket) -> dict[str, Any]:
+    return {"ref": ticket.ref(ctx.config.case_prefix), "subject": ticket.subject, "severity": ticket.severity,
+            "severity_name": ctx.config.level_name(ticket.severity), "status": ticket.status.value,
+            "due": ctx.local(ticket.first_response_due), "reply_address": reply_address(ctx.config, ticket)}
+
+
+def add_reply(session: Session, ctx: Context, ticket: Ticket, inbound: InboundMail, mail: ParsedEmail,
+              screening: Screening, reading: SeverityReading) -> None:
+    """A customer-side mail on an existing case: recorded, and it sets a waiting case back to open."""
+    add_message(session, ticket, inbound, mail, "auto_reply" if screening.automatic else "customer")
+    ticket.updated_at = ctx.now
+    if screening.automatic:
+        return
+    if ticket.status is not TicketStatus.OPEN:
+        add_event(session, ticket, "status_changed", ctx.now, mail.sender.email,
+                  {"from": ticket.status.value, "to": TicketStatus.OPEN.value, "why": "customer reply"})
+        ticket.status, ticket.resolved_at, ticket.closed_at = TicketStatus.OPEN, None, None
+    if reading.outcome == "tagged" and reading.level != ticket.severity:
+        add_event(session, ticket, "severity_change_requested", ctx.now, mail.sender.email,
+                  {"current": ticket.severity, "requested": reading.level, "tag": reading.describe()})
+
+
+def within_reopen_window(ticket: Ticket, now: datetime, window: Duration) -> bool:
+    """Pending and resolved cases always take replies; closed ones only inside the window."""
+    if ticket.status is not TicketStatus.CLOSED:
+        return True
+    closed = ticket.closed_at or ticket.updated_at
+    return (now - closed).total_seconds() <= _window_seconds(window)
+
+
+def _window_seconds(window: Duration) -> float:
+    per_unit = {"d": 86400, "h": 3600, "m": 60, "bd": 86400}
+    return window.amount * per_unit[window.unit]
+
+
+def refuse(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEmail, refusal: Refusal,
+           screening: Screening) -> None:
+    """Keep the mail as a rejection or hold record; answer the sender when that helps and is safe."""
+    inbound.outcome, inbound.reason, inbound.detail = refusal.outcome, refusal.reason, refusal.detail
+    if refusal.reason == "quota_exceeded" and refusal.organization is not None:
+        _notify_quota(session, ctx, inbound, mail, refusal)
+    if refusal.answer is None or screening.automatic or not mail.sender.email:
+        return
+    if not may_answer(session, mail.sender.email, ctx.now, ctx.config.auto_replies_per_hour):
+        inbound.detail = f"{refusal.detail}; answer suppressed by the rate limit"
+        return
+    reading = refusal.reading
+    ctx.outbox.enqueue(session, Outgoing(
+        kind=refusal.answer, dedupe_key=f"{refusal.answer}:{inbound.id}", to=(mail.sender.email,),
+        inbound_id=inbound.id, in_reply_to=mail.message_id,
+        context={"reason": refusal.reason, "tags": list(reading.tags) if reading else [],
+                 "original_subject": strip_reply_prefixes(mail.subject), "mailbox": inbound.mailbox,
+                 "recipient_name": mail.sender.name, "forum_url": _forum_url(ctx, refusal)}), ctx.now)
+
+
+def _forum_url(ctx: Context, refusal: Refusal) -> str:
+    org = refusal.organization
+    tier = ctx.config.tiers.get(org.tier) if org else None
+    return tier.forum_url if tier else ""
+
+
+def _notify_quota(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEmail, refusal: Refusal) -> None:
+    org = refusal.organization
+    assert org is not None
+    contact = org.contact or (ctx.config.staff[0].address if ctx.config.staff else None)
+    if contact is None:
+        return
+    tier = ctx.config.tiers[org.tier]
+    ctx.outbox.enqueue(session, Outgoing(
+        kind="quota_exceeded", dedupe_key=f"quota_exceeded:{inbound.id}", to=(contact,), inbound_id=inbound.id,
+        context={"organization": org.name, "used": refusal.incidents_used, "allowed": tier.incidents_per_year,
+                 "contract_year_start": org.contract_year_start(ctx.now), "sender": mail.sender.email,
+                 "original_subject": mail.subject}), ctx.now)
+
+
+def add_message(session: Session, ticket: Ticket, inbound: InboundMail, mail: ParsedEmail, kind: str) -> Message:
+    message = Message(ticket_id=ticket.id, inbound_id=inbound.id, direction=Direction.IN, author=mail.sender.email,
+                      kind=kind, subject=mail.subject, body_text=mail.body_text, message_id=mail.message_id,
+                      created_at=inbound.received_at)
+    session.add(message)
+    session.flush()
+    for part in mail.attachments:
+        session.add(Attachment(message_id=message.id, filename=part.filename, content_type=part.content_type,
+                               size=part.size, data=part.payload))
+    inbound.ticket_id = ticket.id
+    return message
+
+
+def add_event(session: Session, ticket: Ticket, kind: str, at: datetime, actor: str, data: dict[str, Any]) -> None:
+    session.add(Event(ticket_id=ticket.id, kind=kind, at=at, actor=actor, data=data))
+
+
+def record_bounce(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEmail,
+                  ticket: Ticket | None) -> None:
+    inbound.outcome, inbound.reason = Outcome.BOUNCE, "matched" if ticket else "unmatched"
+    inbound.detail = f"delivery report for {mail.dsn_original_message_id or 'an unknown message'}"
+    if ticket is not None:
+        add_message(session, ticket, inbound, mail, "bounce")
+        add_event(session, ticket, "bounce", ctx.now, mail.sender.email or "mailer-daemon",
+                  {"original_message_id": mail.dsn_original_message_id, "flagged": True})

@@ -1,0 +1,184 @@
+"""The `intake` command. Exit codes: 0 ok, 1 failure, 2 usage or configuration error."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Callable, Sequence
+
+from sqlalchemy import update
+
+from intake.config import Config, ConfigError, default_config_path, load_config
+from intake.pipeline import release, replay
+from intake.service import build_services, renderer_for, serve
+from intake.views import list_inbound, list_outbox, list_tickets, show_ticket
+from models import InboundStatus, OutboxMail, OutboxStatus, Outcome, utcnow
+from models.db import unit_of_work
+from models.migrate import upgrade
+
+TEMPLATES = ("acknowledgment", "rejection", "community", "quota_exceeded")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO if args.command == "serve" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        return int(args.run(config, args) or 0)
+    except LookupError as exc:
+        print(str(exc).strip("'\""), file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="intake", description="Support mail intake service.")
+    parser.add_argument("--config", default=str(default_config_path()),
+                        help="path to config.toml (default: $INTAKE_CONFIG or ./config.toml)")
+    commands = parser.add_subparsers(dest="command")
+    _command(commands, "serve", "run the SMTP listener, outbox worker and scheduler", _serve)
+    db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    _command(db, "upgrade", "apply Alembic migrations up to head", _db_upgrade)
+    cfg = commands.add_parser("config", help="configuration").add_subparsers(dest="config_command", required=True)
+    _command(cfg, "check", "validate config.toml and the templates", _config_check)
+    tickets = commands.add_parser("tickets", help="cases").add_subparsers(dest="tickets_command", required=True)
+    _command(tickets, "list", "list cases", _tickets_list, json_flag=True).add_argument("--status")
+    _command(tickets, "show", "show one case", _tickets_show, json_flag=True).add_argument("ref")
+    rejected = commands.add_parser("rejected", help="rejection records").add_subparsers(dest="rej", required=True)
+    _command(rejected, "list", "list rejected mail", _listing(Outcome.REJECTED, None), json_flag=True)
+    held = commands.add_parser("held", help="held mail").add_subparsers(dest="held_command", required=True)
+    _command(held, "list", "list held mail", _listing(Outcome.HELD, None), json_flag=True)
+    rel = _command(held, "release", "open a case from a held mail", _held_release)
+    rel.add_argument("id", type=int)
+    rel.add_argument("--severity", type=int, help="the level to give it (default: its tag, else the least urgent)")
+    quarantine = commands.add_parser("quarantine", help="mail whose processing failed").add_subparsers(
+        dest="q_command", required=True)
+    _command(quarantine, "list", "list quarantined mail", _listing(None, InboundStatus.QUARANTINED), json_flag=True)
+    _command(quarantine, "replay", "process quarantined mail again", _quarantine_replay).add_argument(
+        "ids", type=int, nargs="*", help="ids to replay (default: all)")
+    outbox = commands.add_parser("outbox", help="outgoing mail").add_subparsers(dest="o_command", required=True)
+    _command(outbox, "list", "list outgoing mail", _outbox_list, json_flag=True).add_argument("--status")
+    _command(outbox, "retry", "send failed or waiting mail again now", _outbox_retry).add_argument(
+        "ids", type=int, nargs="*", help="ids to retry (default: all failed and pending)")
+    return parser
+
+
+def _command(group: Any, name: str, help_text: str, run: Callable[[Config, argparse.Namespace], int | None],
+             json_flag: bool = False) -> argparse.ArgumentParser:
+    sub: argparse.ArgumentParser = group.add_parser(name, help=help_text, description=help_text)
+    sub.set_defaults(run=run)
+    if json_flag:
+        sub.add_argument("--json", action="store_true", help="print JSON")
+    return sub
+
+
+def _print(rows: list[dict[str, Any]] | dict[str, Any], as_json: bool, columns: Sequence[str]) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
+        return
+    for row in rows if isinstance(rows, list) else [rows]:
+        print("  ".join(str(row.get(c, "")) for c in columns))
+
+
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    upgrade(config.database_url)
+    serve(config)
+    return 0
+
+
+def _db_upgrade(config: Config, args: argparse.Namespace) -> int:
+    upgrade(config.database_url)
+    print("database is at the latest schema")
+    return 0
+
+
+def _config_check(config: Config, args: argparse.Namespace) -> int:
+    problems = renderer_for(config).check(TEMPLATES)
+    for problem in problems:
+        print(f"{config.path}: templates: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{config.path}: ok")
+    return 2 if problems else 0
+
+
+def _tickets_list(config: Config, args: argparse.Namespace) -> int:
+    with build_services(config).sessions() as session:
+        _print(list_tickets(session, config, args.status), args.json,
+               ("ref", "status", "severity", "queue", "requester", "subject"))
+    return 0
+
+
+def _tickets_show(config: Config, args: argparse.Namespace) -> int:
+    with build_services(config).sessions() as session:
+        view = show_ticket(session, config, args.ref)
+    if view is None:
+        raise LookupError(f"no case {args.ref}")
+    if args.json:
+        _print(view, True, ())
+        return 0
+    _print(view, False, ("ref", "status", "severity", "queue", "requester", "subject"))
+    for m in view["messages"]:
+        print(f"\n--- {m['created_at']} {m['direction']} {m['kind']} {m['author']}\n{m['body_text']}")
+    return 0
+
+
+def _listing(outcome: Outcome | None, status: InboundStatus | None) -> Callable[[Config, argparse.Namespace], int]:
+    def run(config: Config, args: argparse.Namespace) -> int:
+        with build_services(config).sessions() as session:
+            _print(list_inbound(session, config, outcome, status), args.json,
+                   ("id", "received_at", "reason", "sender", "subject"))
+        return 0
+    return run
+
+
+def _held_release(config: Config, args: argparse.Namespace) -> int:
+    result = release(build_services(config), args.id, args.severity)
+    if result.outcome is not Outcome.TICKET:
+        print(f"mail {args.id}: {result.outcome.value if result.outcome else 'quarantined'} ({result.reason})")
+        return 1
+    print(f"mail {args.id}: opened {config.case_prefix}-{result.ticket_id}")
+    return 0
+
+
+def _quarantine_replay(config: Config, args: argparse.Namespace) -> int:
+    services = build_services(config)
+    ids = args.ids
+    if not ids:
+        with services.sessions() as session:
+            ids = [row["id"] for row in list_inbound(session, config, None, InboundStatus.QUARANTINED)]
+    failed = 0
+    for inbound_id in ids:
+        result = replay(services, inbound_id)
+        failed += result.outcome is None
+        print(f"mail {inbound_id}: {result.outcome.value if result.outcome else 'still quarantined'}")
+    return 1 if failed else 0
+
+
+def _outbox_list(config: Config, args: argparse.Namespace) -> int:
+    with build_services(config).sessions() as session:
+        _print(list_outbox(session, config, args.status), args.json,
+               ("id", "status", "kind", "attempts", "recipients", "subject", "last_error"))
+    return 0
+
+
+def _outbox_retry(config: Config, args: argparse.Namespace) -> int:
+    query = update(OutboxMail).where(OutboxMail.status != OutboxStatus.SENT)
+    if args.ids:
+        query = query.where(OutboxMail.id.in_(args.ids))
+    with unit_of_work(build_services(config).sessions) as session:
+        count = session.execute(query.values(status=OutboxStatus.PENDING, next_attempt_at=utcnow())).rowcount
+    print(f"{count} mail(s) due for delivery now")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""The one path both doors share: store, then process the stored mail in one transaction.
+
+`ingest` is the entry point of the SMTP listener, the IMAP poller and `intake import`.
+Errors in processing are translated here, at one boundary: the stored mail is quarantined
+with its error (listed and replayable), the door still answers success, nothing loops.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from intake.apply import Context, add_event, add_reply, open_case, record_bounce, refuse, within_reopen_window
+from intake.config import Config
+from intake.correlate import Thread, find_thread
+from intake.crashpoints import crash_point
+from intake.decide import NewCase, decide_new
+from intake.parse import ParsedEmail, UnparseableMail, parse_mail
+from intake.screen import Screening, screen
+from intake.store import Envelope, Stored, store
+from models import InboundMail, InboundStatus, Message, Outcome, Ticket, utcnow
+from models.db import unit_of_work
+from notifications.outbox import Outbox
+from routing.policy import Organization
+from routing.severity import read_severity
+
+log = logging.getLogger("intake.pipeline")
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the stages need, built once by the composition root."""
+    config: Config
+    sessions: sessionmaker[Session]
+    outbox: Outbox
+    clock: Callable[[], datetime] = utcnow
+    mail_enqueued: threading.Event | None = None    # wakes the outbox worker
+
+
+@dataclass(frozen=True)
+class Result:
+    inbound_id: int
+    outcome: Outcome | None         # None when quarantined
+    reason: str | None = None
+    ticket_id: int | None = None
+    duplicate: bool = False
+
+
+def ingest(services: Services, raw: bytes, envelope: Envelope) -> Result:
+    """Store durably, then process. Raises only if the mail could not be stored."""
+    stored: Stored = store(services.sessions, raw, envelope, services.clock())
+    crash_point("after_commit")
+    if stored.duplicate:
+        log.info("duplicate inbound=%s door=%s", stored.inbound_id, envelope.door)
+        return Result(stored.inbound_id, None, "duplicate", duplicate=True)
+    return process(services, stored.inbound_id)
+
+
+def process(services: Services, inbound_id: int, *, releasing: bool = False,
+            released_severity: int | None = None) -> Result:
+    """Run stages 2-6 on a stored mail in one transaction; quarantine it on any failure."""
+    try:
+        with unit_of_work(services.sessions) as session:
+            inbound = session.get(InboundMail, inbound_id, with_for_update=True)
+            waiting = inbound is not None and (
+                inbound.outcome is Outcome.HELD if releasing else inbound.status is InboundStatus.RECEIVED)
+            if not waiting:     # processed meanwhile (another instance, a retried release)
+                return _result(inbound_id, inbound)
+            _process(session, services, inbound, releasing, released_severity)
+            inbound.status, inbound.processed_at = InboundStatus.PROCESSED, services.clock()
+            crash_point("before_process_commit")
+        result = _result(inbound_id, inbound)
+    except Exception as exc:    # the boundary: any fault becomes a quarantined mail, never a lost one
+        log.exception("quarantined inbound=%s", inbound_id)
+        _quarantine(services, inbound_id, exc)
+        return Result(inbound_id, None, "quarantined")
+    if services.mail_enqueued is not None:
+        services.mail_enqueued.set()
+    log.info("processed inbound=%s outcome=%s reason=%s ticket=%s", inbound_id,
+             result.outcome.value if result.outcome else None, result.reason, result.ticket_id)
+    return result
+
+
+def _result(inbound_id: int, inbound: InboundMail | None) -> Result:
+    if inbound is None:
+        return Result(inbound_id, None, "missing")
+    return Result(inbound_id, inbound.outcome, inbound.reason, inbound.ticket_id)
+
+
+def _quarantine(services: Services, inbound_id: int, exc: Exception) -> None:
+    with unit_of_work(services.sessions) as session:
+        inbound = session.get(InboundMail, inbound_id)
+        if inbound is not None:
+            inbound.status = InboundStatus.QUARANTINED
+            inbound.error = f"{type(exc).__name__}: {exc}"[:4000]
+
+
+def _process(session: Session, services: Services, inbound: InboundMail, releasing: bool,
+             released_severity: int | None) -> None:
+    config = services.config
+    ctx = Context(config, services.outbox, services.clock())
+    try:
+        mail = parse_mail(inbound.raw, envelope_sender=inbound.envelope_sender,
+                          max_attachment_bytes=config.max_attachment_bytes, max_attachments=config.max_attachments)
+    except UnparseableMail as exc:
+        inbound.outcome, inbound.reason, inbound.detail = Outcome.REJECTED, "unparseable", str(exc)
+        return
+    inbound.sender, inbound.subject = mail.sender.email or inbound.envelope_sender, mail.subject
+    screening = screen(mail, inbound.envelope_sender, config.own_addresses)
+    if screening.own:
+        inbound.outcome, inbound.reason, inbound.detail = Outcome.REJECTED, "own_address", "sent by our own address"
+        return
+    if screening.bounce:
+        record_bounce(session, ctx, inbound, mail, _bounced_ticket(session, mail))
+        return
+    thread = None if releasing else find_thread(session, mail, tuple(inbound.envelope_recipients),
+                                                config.reply_domain, config.case_prefix)
+    if thread is not None and within_reopen_window(thread.ticket, ctx.now, config.reopen_window):
+        _reply(session, ctx, inbound, mail, screening, thread)
+        return
+    if screening.automatic:
+        inbound.outcome, inbound.reason = Outcome.REJECTED, screening.reason
+        inbound.detail = "automatic mail opens no case and gets no answer"
+        return
+    _new_request(session, services, ctx, inbound, mail, screening, thread, releasing, released_severity)
+
+
+def _reply(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEmail, screening: Screening,
+           thread: Thread) -> None:
+    add_reply(session, ctx, thread.ticket, inbound, mail, screening, read_severity(mail.subject, ctx.config.levels))
+    inbound.outcome, inbound.reason = Outcome.REPLY, thread.via
+
+
+def _new_request(session: Session, services: Services, ctx: Context, inbound: InboundMail, mail: ParsedEmail,
+                 screening: Screening, previous: Thread | None, releasing: bool, released_severity: int | None) -> None:
+    """A new case, a rejection or a hold; a late reply to a closed case opens a new one that refers to it."""
+    mailbox = ctx.config.mailbox(inbound.mailbox)
+    if previous is not None and released_severity is None and read_severity(mail.subject, ctx.config.levels).level is None:
+        released_severity = previous.ticket.severity   # the follow-up case keeps the old severity
+    decision = decide_new(mail, mailbox, tuple(inbound.envelope_recipients), ctx.config, ctx.now,
+                          lambda org: _incidents_used(session, org, ctx.now), released_severity, releasing)
+    if not isinstance(decision, NewCase):
+        refuse(session, ctx, inbound, mail, decision, screening)
+        return
+    ticket = open_case(session, ctx, inbound, mail, decision, screening, previous.ticket if previous else None)
+    if previous is not None:
+        add_event(session, previous.ticket, "followed_up_by", ctx.now, mail.sender.email,
+                  {"ref": ticket.ref(ctx.config.case_prefix)})
+    inbound.outcome, inbound.reason = Outcome.TICKET, decision.routing.rule
+
+
+def _incidents_used(session: Session, org: Organization, now: datetime) -> int:
+    start = org.contract_year_start(now)
+    since = datetime(start.year, start.month, start.day, tzinfo=now.tzinfo)
+    return session.scalar(select(func.count(Ticket.id)).where(
+        Ticket.organization == org.name, Ticket.created_at >= since)) or 0
+
+
+def _bounced_ticket(session: Session, mail: ParsedEmail) -> Ticket | None:
+    if not mail.dsn_original_message_id:
+        return None
+    return session.scalar(select(Ticket).join(Message).where(
+        Message.message_id == mail.dsn_original_message_id.strip("<>")).limit(1))
+
+
+def resume_received(services: Services, older_than: timedelta = timedelta(0)) -> int:
+    """Process mail stored but never processed (a crash between commit and processing)."""
+    cutoff = services.clock() - older_than
+    with services.sessions() as session:
+        ids = list(session.scalars(select(InboundMail.id).where(
+            InboundMail.status == InboundStatus.RECEIVED, InboundMail.received_at <= cutoff).order_by(InboundMail.id)))
+    for inbound_id in ids:
+        process(services, inbound_id)
+    return len(ids)
+
+
+def replay(services: Services, inbound_id: int) -> Result:
+    """Run a quarantined mail through processing again (after a fix)."""
+    with unit_of_work(services.sessions) as session:
+        inbound = session.get(InboundMail, inbound_id, with_for_update=True)
+        if inbound is None or inbound.status is not InboundStatus.QUARANTINED:
+            raise LookupError(f"inbound mail {inbound_id} is not quarantined")
+        inbound.status, inbound.error = InboundStatus.RECEIVED, None
+    return process(services, inbound_id)
+
+
+def release(services: Services, inbound_id: int, severity: int | None = None) -> Result:
+    """Open a case from a held mail, bypassing the hold (an administrator's decision)."""
+    with services.sessions() as session:
+        inbound = session.get(InboundMail, inbound_id)
+        if inbound is None or inbound.outcome is not Outcome.HELD:
+            raise LookupError(f"inbound mail {inbound_id} is not held")
+    return process(services, inbound_id, releasing=True, released_severity=severity)

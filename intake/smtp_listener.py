@@ -1,0 +1,77 @@
+"""The SMTP door: a thin aiosmtpd handler that answers 250 only after the mail is committed.
+
+Blocking work runs in a worker thread. The reply codes are constants here; internals never
+reach the SMTP session (a database outage is a plain 451, the client retries).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session as SmtpSession
+
+from intake.pipeline import Services, ingest
+from intake.store import Envelope
+
+log = logging.getLogger("intake.smtp")
+
+OK = "250 2.0.0 Ok: stored"
+OK_DUPLICATE = "250 2.0.0 Ok: already stored"
+RECIPIENT_OK = "250 2.1.5 Ok"
+NO_SUCH_MAILBOX = "550 5.1.1 No such mailbox here"
+TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
+
+
+
+class IntakeHandler:
+    def __init__(self, services: Services, executor: ThreadPoolExecutor) -> None:
+        self.services = services
+        self.executor = executor
+
+    async def handle_RCPT(self, server: SMTP, session: SmtpSession, envelope: SmtpEnvelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if not self._accepts(address):
+            return NO_SUCH_MAILBOX
+        envelope.rcpt_tos.append(address)
+        return RECIPIENT_OK
+
+    def _accepts(self, address: str) -> bool:
+        """Our mailboxes, with or without a +tag (per-case reply addresses)."""
+        local, _, domain = address.lower().rpartition("@")
+        plain = f"{local.split('+', 1)[0]}@{domain}"
+        return any(box.address == plain for box in self.services.config.mailboxes)
+
+    async def handle_DATA(self, server: SMTP, session: SmtpSession, envelope: SmtpEnvelope) -> str:
+        raw = envelope.original_content or b""
+        mail_envelope = Envelope(door="smtp", mailbox=self._mailbox_of(envelope.rcpt_tos),
+                                 sender=envelope.mail_from or "", recipients=tuple(a.lower() for a in envelope.rcpt_tos))
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self.executor, ingest, self.services, raw, mail_envelope)
+        except Exception:
+            log.exception("store failed; answering 451")
+            return TRY_LATER
+        return OK_DUPLICATE if result.duplicate else OK
+
+    def _mailbox_of(self, recipients: list[str]) -> str:
+        return self.services.config.mailbox(recipients[0] if recipients else "").address
+
+
+class _LenientSMTP(SMTP):
+    """RFC 5321 caps lines at 1000 octets, but real senders exceed it; a long line is no reason to refuse mail."""
+    line_length_limit = 100_000
+
+
+class _Controller(Controller):
+    def factory(self) -> SMTP:
+        return _LenientSMTP(self.handler, **self.SMTP_kwargs)
+
+
+def start_listener(services: Services, executor: ThreadPoolExecutor, host: str, port: int) -> Controller:
+    """Listen in a background thread; the size limit from config makes aiosmtpd answer 552 during DATA."""
+    controller = _Controller(IntakeHandler(services, executor), hostname=host, port=port, ready_timeout=10,
+                            data_size_limit=services.config.max_message_bytes, decode_data=False)
+    controller.start()
+    log.info("listening on %s:%s", host, port)
+    return controller

@@ -1,0 +1,74 @@
+"""The transactional outbox: outgoing mail is rendered and stored in the caller's transaction.
+
+Nothing is sent here. A row exists only if the change that caused it committed, and its
+unique dedupe key makes a retried step enqueue nothing twice.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Mapping
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models import Direction, Message, OutboxMail
+from notifications.message import build_message, new_message_id
+from notifications.render import Renderer
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    kind: str                                   # the template name
+    dedupe_key: str
+    to: tuple[str, ...]
+    context: Mapping[str, Any]
+    cc: tuple[str, ...] = ()
+    ticket_id: int | None = None
+    inbound_id: int | None = None
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    reply_to: str | None = None
+    automatic: bool = True                      # an automatic answer: Auto-Submitted, rate limited
+    record_on_ticket: bool = True               # keep a copy among the case's messages (threading)
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+class Outbox:
+    def __init__(self, renderer: Renderer, from_address: str, base_context: Mapping[str, Any]) -> None:
+        self.renderer = renderer
+        self.from_address = from_address
+        self.domain = from_address.rpartition("@")[2]
+        self.base_context = dict(base_context)
+
+    def enqueue(self, session: Session, out: Outgoing, now: datetime) -> OutboxMail | None:
+        """Render and store one mail; None if this dedupe key was enqueued before."""
+        if session.scalar(select(OutboxMail.id).where(OutboxMail.dedupe_key == out.dedupe_key)) is not None:
+            return None
+        rendered = self.renderer.render(out.kind, {**self.base_context, **out.context})
+        message_id = new_message_id(self.domain)
+        raw = build_message(from_addr=self.from_address, to=out.to, cc=out.cc, subject=rendered.subject,
+                            text=rendered.text, html=rendered.html, message_id=message_id,
+                            in_reply_to=out.in_reply_to, references=out.references, reply_to=out.reply_to,
+                            auto_submitted="auto-replied" if out.automatic else None, extra_headers=out.extra)
+        row = OutboxMail(dedupe_key=out.dedupe_key, kind=out.kind, ticket_id=out.ticket_id, inbound_id=out.inbound_id,
+                         recipient=out.to[0].lower(), recipients=[*out.to, *out.cc], sender=self.from_address,
+                         automatic=out.automatic, message_id=message_id.strip("<>"), subject=rendered.subject,
+                         raw=raw, next_attempt_at=now, created_at=now)
+        session.add(row)
+        if out.ticket_id is not None and out.record_on_ticket:
+            session.add(Message(ticket_id=out.ticket_id, direction=Direction.OUT, author=self.from_address,
+                                kind=out.kind, subject=rendered.subject, body_text=rendered.text,
+                                message_id=row.message_id, created_at=now))
+        return row
+
+
+def automatic_answers_sent(session: Session, recipient: str, since: datetime) -> int:
+    """How many automatic answers went to this address since `since` (the rate limit's count)."""
+    return session.scalar(select(func.count(OutboxMail.id)).where(
+        OutboxMail.recipient == recipient.lower(), OutboxMail.automatic.is_(True),
+        OutboxMail.created_at >= since)) or 0
+
+
+def may_answer(session: Session, recipient: str, now: datetime, per_hour: int) -> bool:
+    return automatic_answers_sent(session, recipient, now - timedelta(hours=1)) < per_hour

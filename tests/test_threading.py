@@ -1,0 +1,90 @@
+"""Replies find their case (token address, In-Reply-To/References, subject reference from a
+participant), reopen it inside the window, and open a follow-up case after it."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from models import Ticket, TicketStatus, utcnow
+from models.db import unit_of_work
+from tests.conftest import CaptureServer, RunningService, make_mail
+
+pytestmark = pytest.mark.integration
+
+
+def _open_case(service: RunningService, capture: CaptureServer) -> tuple[dict, object]:
+    assert service.send(make_mail(cc="bob@acme.example"))[0] == 250
+    [ack] = capture.wait_for(1)
+    [ticket] = service.cli_json("tickets", "list")
+    return ticket, ack.message
+
+
+def _set_status(service: RunningService, status: TicketStatus, ago: timedelta = timedelta(0)) -> None:
+    with unit_of_work(service.services.sessions) as session:
+        session.execute(update(Ticket).values(status=status, closed_at=utcnow() - ago, updated_at=utcnow() - ago))
+
+
+def test_reply_to_the_token_address_threads_without_any_reference(service: RunningService,
+                                                                  capture: CaptureServer) -> None:
+    ticket, ack = _open_case(service, capture)
+    token_address = ack["Reply-To"]
+    raw = make_mail(subject="more details", to=token_address, sender="stranger@acme.example")
+    assert service.send(raw, recipients=(token_address,))[0] == 250
+    show = service.cli_json("tickets", "show", ticket["ref"])
+    assert [m["direction"] for m in show["messages"]] == ["in", "out", "in"]
+    assert show["messages"][2]["author"] == "stranger@acme.example"
+    assert len(service.cli_json("tickets", "list")) == 1
+
+
+def test_in_reply_to_our_acknowledgment_threads(service: RunningService, capture: CaptureServer) -> None:
+    ticket, ack = _open_case(service, capture)
+    raw = make_mail(subject="Re: thanks", headers={"In-Reply-To": ack["Message-ID"]})
+    assert service.send(raw)[0] == 250
+    assert service.cli_json("tickets", "list")[0]["message_count"] == 3
+    assert len(capture.wait_for(2, timeout=1)) == 1     # replies get no acknowledgment
+
+
+def test_subject_reference_threads_only_from_an_address_on_the_case(service: RunningService,
+                                                                   capture: CaptureServer) -> None:
+    ticket, _ = _open_case(service, capture)
+    assert service.send(make_mail(subject=f"Re: [{ticket['ref']}] update", sender="bob@acme.example"))[0] == 250
+    assert service.cli_json("tickets", "list")[0]["message_count"] == 3
+    # a stranger guessing the number writes no untagged reply into the case: it is rejected as new mail
+    assert service.send(make_mail(subject=f"[{ticket['ref']}] let me in", sender="mallory@acme.example"))[0] == 250
+    assert service.cli_json("tickets", "list")[0]["message_count"] == 3
+    assert [r["reason"] for r in service.cli_json("rejected", "list")] == ["untagged"]
+
+
+@pytest.mark.parametrize("status", [TicketStatus.PENDING, TicketStatus.RESOLVED, TicketStatus.CLOSED])
+def test_customer_reply_sets_a_waiting_or_recently_closed_case_back_to_open(
+        service: RunningService, capture: CaptureServer, status: TicketStatus) -> None:
+    ticket, ack = _open_case(service, capture)
+    _set_status(service, status, timedelta(days=3))
+    assert service.send(make_mail(subject="Re: still broken", headers={"In-Reply-To": ack["Message-ID"]}))[0] == 250
+    show = service.cli_json("tickets", "show", ticket["ref"])
+    assert show["status"] == "open"
+    assert any(e["kind"] == "status_changed" and e["data"]["from"] == status.value for e in show["events"])
+
+
+def test_reply_to_a_case_closed_beyond_the_window_opens_a_new_case_that_refers_to_it(
+        service: RunningService, capture: CaptureServer) -> None:
+    ticket, ack = _open_case(service, capture)
+    _set_status(service, TicketStatus.CLOSED, timedelta(days=30))
+    assert service.send(make_mail(subject="Re: it is back", headers={"In-Reply-To": ack["Message-ID"]}))[0] == 250
+    tickets = service.cli_json("tickets", "list")
+    assert [t["status"] for t in tickets] == ["closed", "open"]
+    assert tickets[1]["previous"] == ticket["ref"] and tickets[1]["severity"] == ticket["severity"]
+    assert len(capture.wait_for(2)) == 2
+
+
+def test_differing_tag_on_a_reply_is_a_severity_change_request(service: RunningService,
+                                                             capture: CaptureServer) -> None:
+    ticket, ack = _open_case(service, capture)
+    raw = make_mail(subject="Re: [SEV-1] now production is down", headers={"In-Reply-To": ack["Message-ID"]})
+    assert service.send(raw)[0] == 250
+    show = service.cli_json("tickets", "show", ticket["ref"])
+    assert show["severity"] == 2
+    [request] = [e for e in show["events"] if e["kind"] == "severity_change_requested"]
+    assert request["data"]["requested"] == 1
