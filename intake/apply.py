@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from intake.config import Config
 from intake.decide import NewCase, Refusal
+from intake.lifecycle import change_status
 from intake.parse import ParsedEmail
 from intake.screen import Screening
 from models import Attachment, Direction, Event, InboundMail, Message, Outcome, Participant, Ticket, TicketStatus
@@ -45,7 +46,7 @@ def reply_address(config: Config, ticket: Ticket) -> str:
 
 
 def open_case(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEmail, decision: NewCase,
-              screening: Screening, previous: Ticket | None = None) -> Ticket:
+              screening: Screening, previous: Ticket | None = None) -> tuple[Ticket, Message]:
     actions = decision.routing.actions
     subject = remove_case_references(strip_reply_prefixes(mail.subject), ctx.config.case_prefix) or "(no subject)"
     ticket = Ticket(subject=subject, severity=decision.severity, status=TicketStatus.OPEN,
@@ -58,7 +59,7 @@ def open_case(session: Session, ctx: Context, inbound: InboundMail, mail: Parsed
     session.add(ticket)
     session.flush()
     _add_participants(session, ctx, ticket, mail)
-    add_message(session, ticket, inbound, mail, "auto_reply" if screening.automatic else "customer")
+    message = add_message(session, ticket, inbound, mail, "auto_reply" if screening.automatic else "customer")
     add_event(session, ticket, "created", ctx.now, mail.sender.email, {
         "rule": decision.routing.rule, "severity": decision.severity, "tag": decision.reading.describe(),
         "tags_seen": list(decision.reading.tags), "queue": ticket.queue,
@@ -66,7 +67,7 @@ def open_case(session: Session, ctx: Context, inbound: InboundMail, mail: Parsed
         "previous": previous.ref(ctx.config.case_prefix) if previous else None})
     if not screening.automatic:
         _acknowledge(session, ctx, ticket, mail, inbound)
-    return ticket
+    return ticket, message
 
 
 def _add_participants(session: Session, ctx: Context, ticket: Ticket, mail: ParsedEmail) -> None:
@@ -86,6 +87,9 @@ def _ours(config: Config, address: str) -> bool:
 
 def _acknowledge(session: Session, ctx: Context, ticket: Ticket, mail: ParsedEmail, inbound: InboundMail) -> None:
     recipients = [p.address for p in ticket.participants]
+    if not inbound.auto_answer:
+        add_event(session, ticket, "acknowledgment_suppressed", ctx.now, SYSTEM, {"reason": "imported"})
+        return
     if not may_answer(session, ticket.requester, ctx.now, ctx.config.auto_replies_per_hour):
         add_event(session, ticket, "acknowledgment_suppressed", ctx.now, SYSTEM, {"reason": "rate_limit"})
         return
@@ -104,19 +108,17 @@ def ticket_context(ctx: Context, ticket: Ticket) -> dict[str, Any]:
 
 
 def add_reply(session: Session, ctx: Context, ticket: Ticket, inbound: InboundMail, mail: ParsedEmail,
-              screening: Screening, reading: SeverityReading) -> None:
+              screening: Screening, reading: SeverityReading) -> Message:
     """A customer-side mail on an existing case: recorded, and it sets a waiting case back to open."""
-    add_message(session, ticket, inbound, mail, "auto_reply" if screening.automatic else "customer")
+    message = add_message(session, ticket, inbound, mail, "auto_reply" if screening.automatic else "customer")
     ticket.updated_at = ctx.now
     if screening.automatic:
-        return
-    if ticket.status is not TicketStatus.OPEN:
-        add_event(session, ticket, "status_changed", ctx.now, mail.sender.email,
-                  {"from": ticket.status.value, "to": TicketStatus.OPEN.value, "why": "customer reply"})
-        ticket.status, ticket.resolved_at, ticket.closed_at = TicketStatus.OPEN, None, None
+        return message
+    change_status(session, ticket, TicketStatus.OPEN, mail.sender.email, ctx.now, "customer reply")
     if reading.outcome == "tagged" and reading.level != ticket.severity:
         add_event(session, ticket, "severity_change_requested", ctx.now, mail.sender.email,
                   {"current": ticket.severity, "requested": reading.level, "tag": reading.describe()})
+    return message
 
 
 def within_reopen_window(ticket: Ticket, now: datetime, window: Duration) -> bool:
@@ -139,6 +141,9 @@ def refuse(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEma
     if refusal.reason == "quota_exceeded" and refusal.organization is not None:
         _notify_quota(session, ctx, inbound, mail, refusal)
     if refusal.answer is None or screening.automatic or not mail.sender.email:
+        return
+    if not inbound.auto_answer:
+        inbound.detail = f"{refusal.detail}; not answered (imported)"
         return
     if not may_answer(session, mail.sender.email, ctx.now, ctx.config.auto_replies_per_hour):
         inbound.detail = f"{refusal.detail}; answer suppressed by the rate limit"
@@ -190,10 +195,12 @@ def add_event(session: Session, ticket: Ticket, kind: str, at: datetime, actor: 
 
 
 def record_bounce(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEmail,
-                  ticket: Ticket | None) -> None:
+                  ticket: Ticket | None) -> Message | None:
     inbound.outcome, inbound.reason = Outcome.BOUNCE, "matched" if ticket else "unmatched"
     inbound.detail = f"delivery report for {mail.dsn_original_message_id or 'an unknown message'}"
-    if ticket is not None:
-        add_message(session, ticket, inbound, mail, "bounce")
-        add_event(session, ticket, "bounce", ctx.now, mail.sender.email or "mailer-daemon",
-                  {"original_message_id": mail.dsn_original_message_id, "flagged": True})
+    if ticket is None:
+        return None
+    message = add_message(session, ticket, inbound, mail, "bounce")
+    add_event(session, ticket, "bounce", ctx.now, mail.sender.email or "mailer-daemon",
+              {"original_message_id": mail.dsn_original_message_id, "flagged": True})
+    return message

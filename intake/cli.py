@@ -5,11 +5,14 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from sqlalchemy import update
 
 from intake.config import Config, ConfigError, default_config_path, load_config
+from intake.imap_poller import ImapPoller, PollFailed
+from intake.importer import ImportSourceError, ProgressBar, import_mail
 from intake.pipeline import release, replay
 from intake.service import build_services, renderer_for, serve
 from intake.views import list_inbound, list_outbox, list_tickets, show_ticket
@@ -17,7 +20,8 @@ from models import InboundStatus, OutboxMail, OutboxStatus, Outcome, utcnow
 from models.db import unit_of_work
 from models.migrate import upgrade
 
-TEMPLATES = ("acknowledgment", "rejection", "community", "quota_exceeded")
+TEMPLATES = ("acknowledgment", "rejection", "community", "quota_exceeded", "staff_notification", "staff_reply",
+             "command_error")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,6 +50,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="path to config.toml (default: $INTAKE_CONFIG or ./config.toml)")
     commands = parser.add_subparsers(dest="command")
     _command(commands, "serve", "run the SMTP listener, outbox worker and scheduler", _serve)
+    poll = _command(commands, "poll", "process what waits in the IMAP mailboxes and print a summary", _poll)
+    poll.add_argument("--once", action="store_true", required=True,
+                      help="one pass, then exit (`intake serve` watches the mailboxes continuously)")
+    poll.add_argument("--mailbox", help="only this mailbox address (default: every mailbox with an imap table)")
+    imp = _command(commands, "import", "ingest an mbox file or a Maildir folder (a migration)", _import)
+    imp.add_argument("path", type=Path)
+    imp.add_argument("--mailbox", help="the mailbox the mail was sent to (default: the first one)")
+    imp.add_argument("--send-acks", action="store_true",
+                     help="send acknowledgments and rejection answers (default: none for imported mail)")
     db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
     _command(db, "upgrade", "apply Alembic migrations up to head", _db_upgrade)
     cfg = commands.add_parser("config", help="configuration").add_subparsers(dest="config_command", required=True)
@@ -93,6 +106,43 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     upgrade(config.database_url)
     serve(config)
     return 0
+
+
+def _poll(config: Config, args: argparse.Namespace) -> int:
+    wanted = args.mailbox.lower() if args.mailbox else None
+    boxes = [box for box in config.mailboxes if box.imap is not None and wanted in (None, box.address)]
+    if not boxes:
+        print(f"{config.path}: no mailbox with an imap table" + (f" is {args.mailbox}" if args.mailbox else ""),
+              file=sys.stderr)
+        return 2
+    services = build_services(config)
+    failed = False
+    for box in boxes:
+        try:
+            summary = ImapPoller(services, box).poll_once()
+        except PollFailed as exc:
+            print(f"{box.address}: gave up: {exc}", file=sys.stderr)
+            summary, failed = exc.summary, True
+        print(f"{box.address}: {summary.line()}")
+    return 1 if failed else 0
+
+
+def _import(config: Config, args: argparse.Namespace) -> int:
+    address = args.mailbox.lower() if args.mailbox else config.mailboxes[0].address
+    if address not in {box.address for box in config.mailboxes}:
+        print(f"{config.path}: no mailbox is {args.mailbox}", file=sys.stderr)
+        return 2
+    bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        summary = import_mail(build_services(config), args.path, address, args.send_acks, bar)
+    except ImportSourceError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{args.path}: {summary.line()}")
+    return 1 if summary.failed else 0
 
 
 def _db_upgrade(config: Config, args: argparse.Namespace) -> int:

@@ -31,17 +31,42 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class ImapConfig:
+    """Where the IMAP door fetches a mailbox's mail (docs/imap.md). The password is read from the
+    environment when the poller connects, so a missing variable is the poller's logged, retried
+    problem, not a reason to refuse the whole config."""
+    host: str
+    user: str
+    password_env: str
+    port: int = 993
+    tls: bool = True
+    folder: str = "INBOX"
+    processed_folder: str | None = None     # None: processed mail stays in `folder`, flagged \Seen
+    error_folder: str = "Errors"
+    poll_seconds: float = 60                # when the server has no IDLE
+    idle_seconds: float = 1500              # IDLE is re-issued this often (servers may drop it after 30 min)
+    batch_size: int = 50
+    max_fetch_failures: int = 3
+    reconnect_min_seconds: float = 1
+    reconnect_max_seconds: float = 300
+
+    def password(self) -> str | None:
+        return os.environ.get(self.password_env) or None
+
+
+@dataclass(frozen=True)
 class MailboxConfig:
     address: str
     on_untagged: str = "reject"
     on_unknown_sender: str = "hold"
-    imap: Mapping[str, Any] | None = None
+    imap: ImapConfig | None = None
 
 
 @dataclass(frozen=True)
 class StaffMember:
     address: str
     name: str = ""
+    queues: tuple[str, ...] = ()     # the queues whose mail this member is told about (none: all)
 
 
 @dataclass(frozen=True)
@@ -235,8 +260,39 @@ class _Builder:
             imap = s.get("imap", dict, None)
             s.finish()
             self._check_policy(s.name, on_untagged, on_unknown)
-            boxes.append(MailboxConfig(address.lower(), on_untagged, on_unknown, imap))
+            boxes.append(MailboxConfig(address.lower(), on_untagged, on_unknown,
+                                       self._imap(s.name, imap) if imap is not None else None))
         return tuple(boxes)
+
+    def _imap(self, where: str, data: dict[str, Any]) -> ImapConfig:
+        """A mailbox's `imap` table; problems name `[mailboxes.N] imap.KEY`."""
+        s = _Section(self, where, {f"imap.{key}": value for key, value in data.items()})
+        tls = s.get("imap.tls", bool, True)
+        number = (int, float)
+        imap = ImapConfig(
+            host=s.get("imap.host", str), user=s.get("imap.user", str), password_env=s.get("imap.password_env", str),
+            port=s.get("imap.port", int, 993 if tls else 143), tls=tls, folder=s.get("imap.folder", str, "INBOX"),
+            processed_folder=s.get("imap.processed_folder", str, None),
+            error_folder=s.get("imap.error_folder", str, "Errors"),
+            poll_seconds=s.get("imap.poll_seconds", number, 60), idle_seconds=s.get("imap.idle_seconds", number, 1500),
+            batch_size=s.get("imap.batch_size", int, 50), max_fetch_failures=s.get("imap.max_fetch_failures", int, 3),
+            reconnect_min_seconds=s.get("imap.reconnect_min_seconds", number, 1),
+            reconnect_max_seconds=s.get("imap.reconnect_max_seconds", number, 300))
+        s.finish()
+        if imap.password_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", imap.password_env):
+            self.problem(where, "imap.password_env", f"{imap.password_env!r} is not an environment variable name")
+        for key, low, high in (("port", 1, 65535), ("poll_seconds", 0.1, 86400), ("idle_seconds", 1, 1740),
+                               ("batch_size", 1, 1000), ("max_fetch_failures", 1, 100),
+                               ("reconnect_min_seconds", 0.1, 3600), ("reconnect_max_seconds", 0.1, 86400)):
+            value = getattr(imap, key)
+            if value is not None and not low <= value <= high:
+                self.problem(where, f"imap.{key}", f"{value} is out of range ({low} to {high})")
+        if imap.reconnect_max_seconds < imap.reconnect_min_seconds:
+            self.problem(where, "imap.reconnect_max_seconds", "must not be less than reconnect_min_seconds")
+        for key in ("processed_folder", "error_folder"):
+            if getattr(imap, key) == imap.folder:
+                self.problem(where, f"imap.{key}", f"must differ from folder ({imap.folder!r})")
+        return imap
 
     def _check_policy(self, where: str, on_untagged: str | None, on_unknown: str | None) -> None:
         levels = {lv.get("level") for lv in self.data.get("severity", {}).get("levels", []) if isinstance(lv, dict)}
@@ -263,7 +319,8 @@ class _Builder:
         members = []
         for i, entry in enumerate(staff.get("members", list, [])):
             s = _Section(self, f"staff.members.{i}", entry)
-            members.append(StaffMember(s.get("address", str, "").lower(), s.get("name", str, "")))
+            members.append(StaffMember(s.get("address", str, "").lower(), s.get("name", str, ""),
+                                       tuple(s.get("queues", list, []))))
             s.finish()
         values = {"levels": tuple(sorted(levels, key=lambda lv: lv.level)), "staff": tuple(members),
                   "trusted_authserv_id": staff.get("trusted_authserv_id", str, "")}

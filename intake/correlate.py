@@ -1,7 +1,7 @@
 """Stage 4, correlate: which existing case a mail belongs to, in the order PRODUCT.md §3 gives.
 
 1. a per-case reply address (support+<token>@reply_domain) among the recipients;
-2. In-Reply-To / References naming a Message-ID we stored or sent;
+2. In-Reply-To / References naming a Message-ID we stored or sent (staff notifications included);
 3. a case reference in the subject, honoured only from an address already on that case.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from intake.parse import ParsedEmail
-from models import Message, Participant, Ticket
+from models import Message, OutboxMail, Participant, Ticket
 from routing.subject import find_case_numbers
 
 MAX_REFERENCES = 50
@@ -46,6 +46,8 @@ def find_thread(session: Session, mail: ParsedEmail, recipients: tuple[str, ...]
     if ids:
         ticket = session.scalar(select(Ticket).join(Message).where(Message.message_id.in_(ids))
                                 .order_by(Message.id.desc()).limit(1))
+        ticket = ticket or session.scalar(select(Ticket).join(OutboxMail, OutboxMail.ticket_id == Ticket.id)
+                                          .where(OutboxMail.message_id.in_(ids)).limit(1))
         if ticket is not None:
             return Thread(ticket, "in_reply_to")
     numbers = find_case_numbers(mail.subject, case_prefix)

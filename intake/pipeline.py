@@ -22,6 +22,7 @@ from intake.crashpoints import crash_point
 from intake.decide import NewCase, decide_new
 from intake.parse import ParsedEmail, UnparseableMail, parse_mail
 from intake.screen import Screening, screen
+from intake.staff import StaffMail, apply_staff_mail, classify, notify_staff, record_suspect
 from intake.store import Envelope, Stored, store
 from models import InboundMail, InboundStatus, Message, Outcome, Ticket, utcnow
 from models.db import unit_of_work
@@ -116,10 +117,14 @@ def _process(session: Session, services: Services, inbound: InboundMail, releasi
         inbound.outcome, inbound.reason, inbound.detail = Outcome.REJECTED, "own_address", "sent by our own address"
         return
     if screening.bounce:
-        record_bounce(session, ctx, inbound, mail, _bounced_ticket(session, mail))
+        _bounce(session, ctx, inbound, mail)
         return
-    thread = None if releasing else find_thread(session, mail, tuple(inbound.envelope_recipients),
-                                                config.reply_domain, config.case_prefix)
+    recipients = tuple(inbound.envelope_recipients)
+    thread = None if releasing else find_thread(session, mail, recipients, config.reply_domain, config.case_prefix)
+    staff = None if screening.automatic else classify(session, config, mail, recipients, thread)
+    if staff is not None:
+        _staff(session, ctx, inbound, mail, staff)
+        return
     if thread is not None and within_reopen_window(thread.ticket, ctx.now, config.reopen_window):
         _reply(session, ctx, inbound, mail, screening, thread)
         return
@@ -132,8 +137,29 @@ def _process(session: Session, services: Services, inbound: InboundMail, releasi
 
 def _reply(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEmail, screening: Screening,
            thread: Thread) -> None:
-    add_reply(session, ctx, thread.ticket, inbound, mail, screening, read_severity(mail.subject, ctx.config.levels))
+    reading = read_severity(mail.subject, ctx.config.levels)
+    message = add_reply(session, ctx, thread.ticket, inbound, mail, screening, reading)
     inbound.outcome, inbound.reason = Outcome.REPLY, thread.via
+    if not screening.automatic:
+        changes_severity = reading.outcome == "tagged" and reading.level != thread.ticket.severity
+        notify_staff(session, ctx, thread.ticket, inbound, message,
+                     "severity_change_requested" if changes_severity else "customer_reply")
+
+
+def _staff(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEmail, staff: StaffMail) -> None:
+    if staff.trusted:
+        apply_staff_mail(session, ctx, inbound, mail, staff)
+    else:
+        record_suspect(session, ctx, inbound, mail, staff)
+    inbound.outcome, inbound.reason = Outcome.REPLY, "staff" if staff.trusted else staff.why
+
+
+def _bounce(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEmail) -> None:
+    """A delivery report: recorded on the case whose mail bounced, and staff are told."""
+    ticket = _bounced_ticket(session, mail)
+    message = record_bounce(session, ctx, inbound, mail, ticket)
+    if ticket is not None and message is not None:
+        notify_staff(session, ctx, ticket, inbound, message, "bounce")
 
 
 def _new_request(session: Session, services: Services, ctx: Context, inbound: InboundMail, mail: ParsedEmail,
@@ -147,7 +173,9 @@ def _new_request(session: Session, services: Services, ctx: Context, inbound: In
     if not isinstance(decision, NewCase):
         refuse(session, ctx, inbound, mail, decision, screening)
         return
-    ticket = open_case(session, ctx, inbound, mail, decision, screening, previous.ticket if previous else None)
+    ticket, message = open_case(session, ctx, inbound, mail, decision, screening,
+                                previous.ticket if previous else None)
+    notify_staff(session, ctx, ticket, inbound, message, "new_case")
     if previous is not None:
         add_event(session, previous.ticket, "followed_up_by", ctx.now, mail.sender.email,
                   {"ref": ticket.ref(ctx.config.case_prefix)})

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from intake.config import Config
 from intake.crashpoints import crash_point
+from intake.imap_poller import start_pollers
 from intake.pipeline import Services, resume_received
 from intake.smtp_listener import start_listener
 from models import utcnow
@@ -38,7 +39,7 @@ def build_services(config: Config) -> Services:
 
 
 def serve(config: Config) -> None:
-    """Run the listener, the outbox worker and the scheduler until SIGTERM or SIGINT."""
+    """Run the listener, the IMAP pollers, the outbox worker and the scheduler until SIGTERM or SIGINT."""
     services = build_services(config)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -52,12 +53,15 @@ def serve(config: Config) -> None:
     scheduler = start_scheduler({"resume_received": (lambda: resume_received(services, timedelta(minutes=1)), 60)})
     worker = threading.Thread(target=outbox_worker, args=(services, stopping), name="outbox", daemon=True)
     worker.start()
+    pollers = start_pollers(services, stopping)
     print(f"intake serving SMTP on {config.smtp_host}:{config.smtp_port}", flush=True)
     stopping.wait()
     listener.stop()
     scheduler.shutdown(wait=False)
     executor.shutdown(wait=True)
     worker.join(timeout=10)
+    for poller in pollers:
+        poller.join(timeout=10)
     log.info("stopped")
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from email.parser import BytesHeaderParser
 from email import policy
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +23,26 @@ class Envelope:
     mailbox: str
     sender: str | None = None
     recipients: tuple[str, ...] = ()
+    auto_answer: bool = True        # False: the sender gets no automatic answer (`intake import` default)
+    imap_uidvalidity: int | None = None
+    imap_uid: int | None = None
+
+    @classmethod
+    def from_headers(cls, raw: bytes, door: str, mailbox: str, *, auto_answer: bool = True,
+                     imap_uidvalidity: int | None = None, imap_uid: int | None = None) -> "Envelope":
+        """For doors without an SMTP envelope (IMAP, import): what the delivering MTA recorded in
+        `Return-Path`, `Delivered-To` and `X-Original-To`; the mailbox when nothing was recorded."""
+        sender: str | None = None
+        recipients: tuple[str, ...] = ()
+        try:
+            headers = _HEADERS.parsebytes(raw[:65536])
+            path = headers.get("Return-Path")
+            sender = str(path).strip().strip("<>").strip() if path is not None else None
+            delivered = [str(v) for name in ("Delivered-To", "X-Original-To") for v in headers.get_all(name, [])]
+            recipients = tuple(dict.fromkeys(v.strip().strip("<>").lower() for v in delivered if "@" in v))
+        except Exception:       # unreadable header block: the parse stage decides what the mail is
+            pass
+        return cls(door, mailbox, sender, recipients or (mailbox,), auto_answer, imap_uidvalidity, imap_uid)
 
 
 @dataclass(frozen=True)
@@ -52,28 +72,34 @@ def store(sessions: sessionmaker[Session], raw: bytes, envelope: Envelope, now: 
     """Commit the raw mail unless it is already here (same Message-ID or same bytes)."""
     digest = hashlib.sha256(raw).hexdigest()
     message_id = header_message_id(raw)
-    existing = _find_existing(sessions, digest, message_id)
+    existing = _find_existing(sessions, digest, message_id, envelope)
     if existing is not None:
         return Stored(existing, duplicate=True)
     try:
         with unit_of_work(sessions) as session:
             row = InboundMail(received_at=now, door=envelope.door, mailbox=envelope.mailbox,
                               envelope_sender=envelope.sender, envelope_recipients=list(envelope.recipients),
-                              raw=raw, sha256=digest, message_id=message_id)
+                              raw=raw, sha256=digest, message_id=message_id, auto_answer=envelope.auto_answer,
+                              imap_uidvalidity=envelope.imap_uidvalidity, imap_uid=envelope.imap_uid)
             session.add(row)
             session.flush()
             crash_point("before_commit")
         return Stored(row.id, duplicate=False)
     except IntegrityError:      # stored a moment ago by another session or instance
-        found = _find_existing(sessions, digest, message_id)
+        found = _find_existing(sessions, digest, message_id, envelope)
         if found is None:
             raise
         return Stored(found, duplicate=True)
 
 
-def _find_existing(sessions: sessionmaker[Session], digest: str, message_id: str | None) -> int | None:
+def _find_existing(sessions: sessionmaker[Session], digest: str, message_id: str | None,
+                   envelope: Envelope) -> int | None:
     condition = InboundMail.sha256 == digest
     if message_id:
         condition = or_(condition, InboundMail.message_id == message_id)
+    if envelope.imap_uid is not None:
+        condition = or_(condition, and_(InboundMail.mailbox == envelope.mailbox,
+                                        InboundMail.imap_uidvalidity == envelope.imap_uidvalidity,
+                                        InboundMail.imap_uid == envelope.imap_uid))
     with sessions() as session:
         return session.scalar(select(InboundMail.id).where(condition).limit(1))

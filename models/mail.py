@@ -4,7 +4,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, enum_column
@@ -45,5 +45,25 @@ class InboundMail(Base):
     subject: Mapped[str | None] = mapped_column(Text)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
     processed_at: Mapped[datetime | None]
+    auto_answer: Mapped[bool] = mapped_column(default=True, server_default=true())  # false: imported without --send-acks
+    imap_uidvalidity: Mapped[int | None] = mapped_column(BigInteger)   # where the IMAP door found it: a refetch
+    imap_uid: Mapped[int | None] = mapped_column(BigInteger)           # after a crash is a duplicate
 
-    __table_args__ = (Index("ix_inbound_mail_status_outcome", "status", "outcome"),)
+    __table_args__ = (Index("ix_inbound_mail_status_outcome", "status", "outcome"),
+                      UniqueConstraint("mailbox", "imap_uidvalidity", "imap_uid"))
+
+
+class ImapFetchFailure(Base):
+    """An IMAP message that could not be fetched whole; kept across runs so `intake poll --once`
+    from cron also reaches the limit that moves it to the error folder."""
+    __tablename__ = "imap_fetch_failures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    mailbox: Mapped[str] = mapped_column(String(320))
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    uid: Mapped[int] = mapped_column(BigInteger)
+    failures: Mapped[int]
+    last_error: Mapped[str] = mapped_column(Text)
+    last_failed_at: Mapped[datetime]
+
+    __table_args__ = (UniqueConstraint("mailbox", "uidvalidity", "uid"),)

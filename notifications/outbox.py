@@ -30,6 +30,8 @@ class Outgoing:
     references: tuple[str, ...] = ()
     reply_to: str | None = None
     automatic: bool = True                      # an automatic answer: Auto-Submitted, rate limited
+    auto_submitted: str | None = None           # the header value when not "auto-replied" (notifications)
+    author: str | None = None                   # who the copy on the case is from (default: the support address)
     record_on_ticket: bool = True               # keep a copy among the case's messages (threading)
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -50,14 +52,15 @@ class Outbox:
         raw = build_message(from_addr=self.from_address, to=out.to, cc=out.cc, subject=rendered.subject,
                             text=rendered.text, html=rendered.html, message_id=message_id,
                             in_reply_to=out.in_reply_to, references=out.references, reply_to=out.reply_to,
-                            auto_submitted="auto-replied" if out.automatic else None, extra_headers=out.extra)
+                            auto_submitted=out.auto_submitted or ("auto-replied" if out.automatic else None),
+                            extra_headers=out.extra)
         row = OutboxMail(dedupe_key=out.dedupe_key, kind=out.kind, ticket_id=out.ticket_id, inbound_id=out.inbound_id,
                          recipient=out.to[0].lower(), recipients=[*out.to, *out.cc], sender=self.from_address,
                          automatic=out.automatic, message_id=message_id.strip("<>"), subject=rendered.subject,
                          raw=raw, next_attempt_at=now, created_at=now)
         session.add(row)
         if out.ticket_id is not None and out.record_on_ticket:
-            session.add(Message(ticket_id=out.ticket_id, direction=Direction.OUT, author=self.from_address,
+            session.add(Message(ticket_id=out.ticket_id, direction=Direction.OUT, author=out.author or self.from_address,
                                 kind=out.kind, subject=rendered.subject, body_text=rendered.text,
                                 message_id=row.message_id, created_at=now))
         return row

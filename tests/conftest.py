@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / "config.toml"
 PG_ADMIN_URL = os.environ.get("INTAKE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+STAFF = {"alice@example.com", "bob@example.com"}
 
 EXTRA_CONFIG = """
 [[organizations]]
@@ -147,8 +148,17 @@ class CaptureServer:
         self.controller: Controller | None = None
 
     @property
+    def all_mails(self) -> list[Captured]:
+        return list(self.handler.mails)
+
+    @property
     def mails(self) -> list[Captured]:
-        return self.handler.mails
+        """Mail to the customer side: everything but notifications to the staff in the shipped config."""
+        return [m for m in self.handler.mails if not set(m.recipients) <= STAFF]
+
+    @property
+    def staff_mails(self) -> list[Captured]:
+        return [m for m in self.handler.mails if set(m.recipients) <= STAFF]
 
     def start(self) -> None:
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, decode_data=False)
@@ -159,12 +169,15 @@ class CaptureServer:
             self.controller.stop()
             self.controller = None
 
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[Captured]:
+    def wait_for(self, count: int, timeout: float = 10.0, staff: bool = False) -> list[Captured]:
+        """Wait until `count` customer-side (or, with staff=True, staff) mails arrived; returns them."""
+        def current() -> list[Captured]:
+            return self.staff_mails if staff else self.mails
         deadline = time.monotonic() + timeout
         with self.handler.arrived:
-            while len(self.mails) < count and time.monotonic() < deadline:
+            while len(current()) < count and time.monotonic() < deadline:
                 self.handler.arrived.wait(max(deadline - time.monotonic(), 0.01))
-        return list(self.mails)
+        return current()
 
     def to(self, address: str) -> list[Captured]:
         return [m for m in self.mails if address in m.recipients]

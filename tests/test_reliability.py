@@ -92,18 +92,20 @@ def test_relay_outage_delays_acknowledgments_and_loses_none(service: RunningServ
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         pending = service.cli_json("outbox", "list", "--status", "pending")
-        if len(pending) == 3 and all(p["attempts"] >= 1 and p["last_error"] for p in pending):
+        if len(pending) == 6 and all(p["attempts"] >= 1 and p["last_error"] for p in pending):
             break
         time.sleep(0.1)
-    assert len(pending) == 3 and all(p["last_error"] for p in pending), pending
+    # three acknowledgments and three staff notifications, each tried and waiting
+    assert len(pending) == 6 and all(p["last_error"] for p in pending), pending
     capture.start()
     code, out = service.cli("outbox", "retry")     # an administrator need not wait for the backoff
     assert code == 0, out
     mails = capture.wait_for(3)
     assert sorted(m.message["Subject"][:8] for m in mails) == ["[CASE-1]", "[CASE-2]", "[CASE-3]"]
+    assert len(capture.wait_for(3, staff=True)) == 3
     capture.wait_for(4, timeout=1.5)
-    assert len(capture.mails) == 3
-    assert len(service.cli_json("outbox", "list", "--status", "sent")) == 3
+    assert len(capture.all_mails) == 6
+    assert len(service.cli_json("outbox", "list", "--status", "sent")) == 6
 
 
 def test_a_failing_step_quarantines_the_mail_and_replay_finishes_it(

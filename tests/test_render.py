@@ -342,13 +342,13 @@ def test_check_reports_problems_in_overrides(tmp_path: Path) -> None:
     write(tmp_path, "rejection/subject.txt", "{% if reason %}\n")
     renderer = Renderer([tmp_path, shipped_templates_dir(), tmp_path / "absent"])
 
-    problems = renderer.check([*SHIPPED, "staff_notification"])
+    problems = renderer.check([*SHIPPED, "no_such_template"])
 
     assert any(str(tmp_path / "absent") in p and "does not exist" in p for p in problems)
     assert any("'acknowledgment'" in p and "_base/missing.txt not found" in p for p in problems)
     assert any("'community'" in p and "body.html is ignored" in p for p in problems)
     assert any("'rejection'" in p and "subject.txt line" in p for p in problems)
-    assert any("'staff_notification'" in p and "subject.txt not found" in p for p in problems)
+    assert any("'no_such_template'" in p and "subject.txt not found" in p for p in problems)
     assert not any("quota_exceeded" in p for p in problems)
 
 

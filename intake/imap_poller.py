@@ -1,0 +1,410 @@
+"""The IMAP door: a poller per configured mailbox feeds new messages to the same `ingest` as the
+SMTP listener, and marks a message (moved to `processed_folder`, or flagged \\Seen) only after
+`ingest` returned, that is after its inbound row was committed. A crash in between means the
+message is fetched again and recognised as a duplicate. Choices are in docs/imap.md.
+
+The only module that imports imapclient (`ImapClientMailbox`); the poller talks to `Mailbox`.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from contextlib import contextmanager, suppress
+from typing import Callable, Iterator, Protocol, Sequence
+
+from imapclient import DELETED, SEEN, IMAPClient
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
+from sqlalchemy import select
+
+from intake.config import ImapConfig, MailboxConfig
+from intake.crashpoints import crash_point
+from intake.importer import Summary
+from intake.pipeline import Services, ingest
+from intake.store import Envelope
+from models.db import unit_of_work
+from models.mail import ImapFetchFailure
+
+log = logging.getLogger("intake.imap")
+
+IO_TIMEOUT_SECONDS = 60.0
+STOP_CHECK_SECONDS = 1.0        # how often an IDLE wait looks at the stop flag
+
+
+class MailboxError(Exception):
+    """The server refused a command; the connection may still be usable."""
+
+
+class ConnectionLost(MailboxError):
+    """No usable connection (refused, dropped, timed out)."""
+
+
+class LoginRefused(ConnectionLost):
+    """The server refused the credentials, or there are none (the password variable is unset)."""
+
+
+class PollFailed(Exception):
+    """`poll_once` gave up; `summary` is what it did before."""
+
+    def __init__(self, summary: Summary, cause: Exception) -> None:
+        super().__init__(_text(cause))
+        self.summary = summary
+
+
+class Mailbox(Protocol):
+    """What a poller needs from one selected IMAP folder; messages are named by UID."""
+    uidvalidity: int
+    can_idle: bool
+
+    def search(self, unseen_only: bool) -> list[int]: ...
+    def fetch(self, uids: Sequence[int]) -> dict[int, bytes]: ...
+    def move(self, uids: Sequence[int], folder: str) -> None: ...
+    def flag_seen(self, uids: Sequence[int]) -> None: ...
+    def wait(self, seconds: float, stopping: threading.Event) -> bool: ...
+    def close(self) -> None: ...
+
+
+class ImapClientMailbox:
+    """`Mailbox` over imapclient: logged in and the folder selected on construction; MOVE where the
+    server has it, else COPY + \\Deleted + EXPUNGE (UID EXPUNGE with UIDPLUS)."""
+
+    def __init__(self, settings: ImapConfig) -> None:
+        self._lost = False
+        password = settings.password()
+        if password is None:
+            raise LoginRefused(f"environment variable {settings.password_env} is not set")
+        with self._io():
+            context = ssl.create_default_context() if settings.tls else None
+            self._client = IMAPClient(settings.host, settings.port, ssl=settings.tls, ssl_context=context,
+                                      timeout=IO_TIMEOUT_SECONDS)
+        try:
+            with self._io():
+                self._client.login(settings.user, password)
+                capabilities = set(self._client.capabilities())
+                selected = self._client.select_folder(settings.folder)
+        except MailboxError:
+            self.close()
+            raise
+        self.can_idle = b"IDLE" in capabilities
+        self._can_move, self._uidplus = b"MOVE" in capabilities, b"UIDPLUS" in capabilities
+        self.uidvalidity = int(selected[b"UIDVALIDITY"])
+        self._folders = {settings.folder}
+
+    @contextmanager
+    def _io(self) -> Iterator[None]:
+        try:
+            yield
+        except LoginError as exc:
+            raise LoginRefused(_text(exc)) from exc
+        except (IMAPClientAbortError, OSError) as exc:
+            self._lost = True
+            raise ConnectionLost(_text(exc)) from exc
+        except IMAPClientError as exc:
+            raise MailboxError(_text(exc)) from exc
+
+    def search(self, unseen_only: bool) -> list[int]:
+        with self._io():
+            return sorted(self._client.search(["UNSEEN", "UNDELETED"] if unseen_only else ["UNDELETED"]))
+
+    def fetch(self, uids: Sequence[int]) -> dict[int, bytes]:
+        """BODY.PEEK, so fetching never sets \\Seen; a message missing from the answer was not fetched."""
+        with self._io():
+            response = self._client.fetch(list(uids), [b"BODY.PEEK[]"])
+        wanted = set(uids)
+        return {uid: bytes(data[b"BODY[]"]) for uid, data in response.items()
+                if uid in wanted and data.get(b"BODY[]")}
+
+    def move(self, uids: Sequence[int], folder: str) -> None:
+        with self._io():
+            if folder not in self._folders:
+                if not self._client.folder_exists(folder):
+                    self._client.create_folder(folder)
+                self._folders.add(folder)
+            if self._can_move:
+                self._client.move(list(uids), folder)
+                return
+            self._client.copy(list(uids), folder)
+            self._client.add_flags(list(uids), [DELETED], silent=True)
+            if self._uidplus:
+                self._client.uid_expunge(list(uids))
+            else:
+                self._client.expunge()
+
+    def flag_seen(self, uids: Sequence[int]) -> None:
+        with self._io():
+            self._client.add_flags(list(uids), [SEEN], silent=True)
+
+    def wait(self, seconds: float, stopping: threading.Event) -> bool:
+        """IDLE until the server announces mail (True), `seconds` pass or `stopping` is set."""
+        deadline = time.monotonic() + seconds
+        with self._io():
+            self._client.idle()
+            try:
+                while not stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+                    timeout = min(STOP_CHECK_SECONDS, left)
+                    started = time.monotonic()
+                    responses = self._client.idle_check(timeout)
+                    if any(_says(r, b"BYE") for r in responses) or (
+                            not responses and time.monotonic() - started < timeout / 2):
+                        # imapclient swallows end-of-file here: nothing read, early, means the server is gone
+                        self._lost = True
+                        raise ConnectionLost("connection closed during IDLE")
+                    if any(_says(r, b"EXISTS") for r in responses):
+                        return True
+                return False
+            finally:
+                if not self._lost:
+                    self._client.idle_done()
+
+    def close(self) -> None:
+        """LOGOUT while the connection works; otherwise just drop the socket."""
+        client = getattr(self, "_client", None)
+        if client is None:
+            return
+        with suppress(IMAPClientError, OSError):
+            if self._lost:
+                client.shutdown()
+            else:
+                client.logout()
+
+
+def _says(response: object, word: bytes) -> bool:
+    return isinstance(response, tuple) and word in response[:2]
+
+
+def _text(exc: BaseException) -> str:
+    text = exc.args[0] if exc.args else exc
+    text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+    return text or type(exc).__name__
+
+
+class Backoff:
+    """Capped exponential delays: low, 2*low, ... up to high; back to low after a success."""
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = low, high
+        self._next = low
+
+    def next(self) -> float:
+        delay, self._next = self._next, min(self._next * 2, self.high)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.low
+
+
+Connect = Callable[[ImapConfig], Mailbox]
+
+
+class ImapPoller:
+    """Watches one mailbox: drains what is waiting, then IDLEs (or sleeps `poll_seconds` when the
+    server has no IDLE); every failure is logged once per state change and retried with backoff."""
+
+    def __init__(self, services: Services, mailbox: MailboxConfig, connect: Connect = ImapClientMailbox) -> None:
+        if mailbox.imap is None:
+            raise ValueError(f"{mailbox.address} has no imap settings")
+        self.services, self.address, self.settings = services, mailbox.address, mailbox.imap
+        self._connect = connect
+        self._mailbox: Mailbox | None = None
+        self._uidvalidity: int | None = None
+        self._state = "starting"
+        self._suspects: set[int] = set()    # a batch whose FETCH broke the connection: fetched one by one
+
+    def run(self, stopping: threading.Event) -> None:
+        """Until `stopping` is set; never raises, so one mailbox's trouble leaves the others alone."""
+        backoff = Backoff(self.settings.reconnect_min_seconds, self.settings.reconnect_max_seconds)
+        while not stopping.is_set():
+            try:
+                summary = self.drain()
+                if summary.fetched or summary.failed:
+                    log.info("imap pass mailbox=%s %s", self.address, summary.line())
+                backoff.reset()
+                self._wait(stopping)
+            except Exception as exc:     # the door stays open: log the state, back off, reconnect
+                delay = backoff.next()
+                self._failed(exc, delay)
+                stopping.wait(delay)
+        self._disconnect()
+        self._set_state("stopped", logging.INFO)
+
+    def poll_once(self) -> Summary:
+        """One pass (`intake poll --once`). A dropped connection is retried a few times: a message
+        that breaks the connection takes max_fetch_failures of them to reach the error folder."""
+        summary = Summary()
+        backoff = Backoff(self.settings.reconnect_min_seconds, self.settings.reconnect_max_seconds)
+        attempts_left = self.settings.max_fetch_failures + 2
+        try:
+            while True:
+                try:
+                    return self.drain(summary)
+                except Exception as exc:     # retried, then reported with what was done
+                    attempts_left -= 1
+                    if attempts_left == 0:
+                        raise PollFailed(summary, exc) from exc
+                    delay = backoff.next()
+                    self._failed(exc, delay)
+                    time.sleep(delay)
+        finally:
+            self._disconnect()
+
+    def drain(self, summary: Summary | None = None) -> Summary:
+        """Fetch, ingest and mark everything waiting, until a search finds nothing not yet tried."""
+        summary = summary if summary is not None else Summary()
+        box = self._box()
+        tried: set[int] = set()
+        while uids := [uid for uid in box.search(unseen_only=self.settings.processed_folder is None)
+                       if uid not in tried]:
+            for start in range(0, len(uids), self.settings.batch_size):
+                batch = uids[start:start + self.settings.batch_size]
+                tried.update(batch)
+                self._take(box, batch, summary)
+        return summary
+
+    def _take(self, box: Mailbox, batch: list[int], summary: Summary) -> None:
+        batch = self._set_aside_broken(box, batch)
+        fetched = self._fetch(box, batch, summary)
+        done: list[int] = []
+        try:
+            for uid in batch:
+                if uid not in fetched:
+                    continue
+                raw = fetched[uid]
+                envelope = Envelope.from_headers(raw, "imap", self.address, imap_uidvalidity=box.uidvalidity,
+                                                 imap_uid=uid)
+                result = ingest(self.services, raw, envelope)
+                summary.add(result)
+                done.append(uid)
+                log.info("imap stored mailbox=%s uidvalidity=%s uid=%s inbound=%s duplicate=%s",
+                         self.address, box.uidvalidity, uid, result.inbound_id, result.duplicate)
+        finally:        # what was committed is marked, even when a later message of the batch failed
+            if done:
+                crash_point("imap_after_commit")
+                self._mark(box, done)
+
+    def _mark(self, box: Mailbox, uids: list[int]) -> None:
+        if self.settings.processed_folder:
+            box.move(uids, self.settings.processed_folder)
+        else:
+            box.flag_seen(uids)
+
+    def _fetch(self, box: Mailbox, batch: list[int], summary: Summary) -> dict[int, bytes]:
+        """The whole messages of a batch. A batch whose FETCH broke the connection is fetched one
+        message at a time on the next connection, so only the message at fault is counted."""
+        fetched: dict[int, bytes] = {}
+        if len(batch) > 1 and not self._suspects.intersection(batch):
+            try:
+                fetched = box.fetch(batch)
+            except ConnectionLost:
+                self._suspects.update(batch)
+                raise
+            except MailboxError:
+                fetched = {}     # refused as a whole: find the message at fault one by one
+        for uid in batch:
+            if uid in fetched:
+                continue
+            try:
+                one = box.fetch([uid])
+            except ConnectionLost as exc:
+                self._fetch_failed(box, uid, str(exc), summary)
+                raise
+            except MailboxError as exc:
+                self._fetch_failed(box, uid, str(exc), summary)
+                continue
+            if uid in one:
+                fetched[uid] = one[uid]
+                self._suspects.discard(uid)
+            else:
+                self._fetch_failed(box, uid, "the server returned no message body", summary)
+        return fetched
+
+    def _fetch_failed(self, box: Mailbox, uid: int, error: str, summary: Summary) -> None:
+        summary.failed += 1
+        failures = record_fetch_failure(self.services, self.address, box.uidvalidity, uid, error)
+        log.warning("imap fetch_failed mailbox=%s uidvalidity=%s uid=%s failures=%s/%s error=%r", self.address,
+                    box.uidvalidity, uid, failures, self.settings.max_fetch_failures, error)
+
+    def _set_aside_broken(self, box: Mailbox, batch: list[int]) -> list[int]:
+        """Move messages that failed max_fetch_failures times to the error folder; return the rest."""
+        broken = fetch_failures(self.services, self.address, box.uidvalidity, batch, self.settings.max_fetch_failures)
+        if not broken:
+            return batch
+        box.move(sorted(broken), self.settings.error_folder)
+        for uid, (failures, error) in sorted(broken.items()):
+            log.error("imap moved_to_error_folder mailbox=%s folder=%s uidvalidity=%s uid=%s failures=%s error=%r",
+                      self.address, self.settings.error_folder, box.uidvalidity, uid, failures, error)
+        self._suspects.difference_update(broken)
+        return [uid for uid in batch if uid not in broken]
+
+    def _box(self) -> Mailbox:
+        if self._mailbox is None:
+            box = self._connect(self.settings)
+            if self._uidvalidity is not None and box.uidvalidity != self._uidvalidity:
+                log.warning("imap uidvalidity_changed mailbox=%s folder=%s old=%s new=%s", self.address,
+                            self.settings.folder, self._uidvalidity, box.uidvalidity)
+                self._suspects.clear()
+            self._mailbox, self._uidvalidity = box, box.uidvalidity
+            self._set_state("connected", logging.INFO, f"host={self.settings.host} folder={self.settings.folder} "
+                            f"idle={'yes' if box.can_idle else 'no'} uidvalidity={box.uidvalidity}")
+        return self._mailbox
+
+    def _wait(self, stopping: threading.Event) -> None:
+        box = self._box()
+        if box.can_idle:
+            box.wait(self.settings.idle_seconds, stopping)
+        else:
+            stopping.wait(self.settings.poll_seconds)
+
+    def _failed(self, exc: Exception, delay: float) -> None:
+        self._disconnect()
+        state = ("login_refused" if isinstance(exc, LoginRefused) else "unreachable" if isinstance(exc, ConnectionLost)
+                 else "refused" if isinstance(exc, MailboxError) else "error")
+        self._set_state(state, logging.WARNING, f"error={_text(exc)!r} retry_in={delay:g}s",
+                        exc_info=state == "error")
+
+    def _set_state(self, state: str, level: int, facts: str = "", exc_info: bool = False) -> None:
+        """One log line per change of state; repeats of the same state only at debug level."""
+        changed, self._state = state != self._state, state
+        log.log(level if changed else logging.DEBUG, "imap state=%s mailbox=%s%s", state, self.address,
+                f" {facts}" if facts else "", exc_info=exc_info and changed)
+
+    def _disconnect(self) -> None:
+        if self._mailbox is not None:
+            self._mailbox.close()
+            self._mailbox = None
+
+
+def record_fetch_failure(services: Services, mailbox: str, uidvalidity: int, uid: int, error: str) -> int:
+    """Count one more failed fetch of a message; returns its count so far."""
+    with unit_of_work(services.sessions) as session:
+        row = session.scalar(select(ImapFetchFailure).where(
+            ImapFetchFailure.mailbox == mailbox, ImapFetchFailure.uidvalidity == uidvalidity,
+            ImapFetchFailure.uid == uid).with_for_update())
+        if row is None:
+            row = ImapFetchFailure(mailbox=mailbox, uidvalidity=uidvalidity, uid=uid, failures=0)
+            session.add(row)
+        row.failures += 1
+        row.last_error, row.last_failed_at = error[:2000], services.clock()
+        return row.failures
+
+
+def fetch_failures(services: Services, mailbox: str, uidvalidity: int, uids: list[int],
+                   at_least: int) -> dict[int, tuple[int, str]]:
+    """Messages of `uids` that failed `at_least` times: uid -> (failures, last error)."""
+    with services.sessions() as session:
+        rows = session.execute(select(ImapFetchFailure.uid, ImapFetchFailure.failures, ImapFetchFailure.last_error)
+                               .where(ImapFetchFailure.mailbox == mailbox, ImapFetchFailure.uidvalidity == uidvalidity,
+                                      ImapFetchFailure.uid.in_(uids), ImapFetchFailure.failures >= at_least))
+        return {uid: (failures, error) for uid, failures, error in rows}
+
+
+def start_pollers(services: Services, stopping: threading.Event) -> list[threading.Thread]:
+    """A thread per mailbox with an `imap` table, each ending when `stopping` is set."""
+    threads = []
+    for mailbox in services.config.mailboxes:
+        if mailbox.imap is not None:
+            poller = ImapPoller(services, mailbox)
+            thread = threading.Thread(target=poller.run, args=(stopping,), name=f"imap-{mailbox.address}", daemon=True)
+            thread.start()
+            threads.append(thread)
+    return threads

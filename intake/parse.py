@@ -1,0 +1,495 @@
+"""Stage 2, parse: raw bytes -> ParsedEmail.
+
+The only module that imports mail-parser. What comes from where, and why:
+
+- mail-parser parses the bytes once (``mailparser.parse_from_bytes``); its tree
+  (``.message``, a stdlib compat32 ``Message``) is reused for everything else,
+  so the raw bytes are parsed once (twice only on the fallback path below).
+- Addresses: mail-parser's structural address parser (``get_addresses``), also
+  for Sender/Return-Path and on the fallback path. It is more correct than
+  stdlib ``policy.default``, which reads ``alice@x <bob@y>`` as alice@x, and
+  than ``email.utils.getaddresses``, which recurses on nested comments; it never
+  takes an address out of an encoded word (RFC 2047 section 5). Display names
+  it leaves encoded (undecodable charset, quoted encoded words) are decoded here.
+- Date: mail-parser's ``parse_mail_date`` (aware, UTC). Defects: mail-parser's
+  categories (the stdlib MIME defects of every part plus its own header
+  checks), with the stdlib part defects and our own notes added by the walk.
+- Subject, header values and leftover encoded display names are decoded here:
+  mail-parser drops or garbles undecodable bytes (a gb2312 label on GBK text),
+  policy.default replaces them; we read the GB family as gb18030 and prefer
+  valid UTF-8 over a wrong 8-bit label, with errors="replace" as the last resort.
+- Bodies, attachments and DSN parts: one walk over the tree, because
+  mail-parser's own view loses inline parts without a filename and appends
+  forwarded and returned messages to the body.
+
+If mail-parser raises (nesting too deep, or anything else), or the input would
+make it pathologically slow (over 2,000 encoded words: CPython 3.11's
+``decode_header`` is quadratic; a header section over 128 KiB), the stdlib
+compat32 parser is the fallback (headers only when nesting is too deep),
+recorded as a defect. compat32 rather than policy.default: the same tree type
+on both paths, and policy.default's header parser is several times slower.
+
+Unparseable (``UnparseableMail``), by rule: empty or blank input; an OLE
+compound file (``D0 CF 11 E0``: Outlook .msg); or the first line (after an
+optional mbox ``From `` line) is not a header field ``name:``. Anything else
+parses, however malformed; the malformations are listed in ``defects``.
+"""
+
+from __future__ import annotations
+
+import binascii
+import codecs
+import functools
+import itertools
+import logging
+import mimetypes
+import re
+import unicodedata
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from email import message_from_bytes, message_from_string
+from email.message import Message
+from email.parser import BytesParser
+from types import MappingProxyType
+
+import mailparser
+from mailparser import MailParser
+from mailparser.dates import parse_mail_date
+from mailparser.exceptions import MailParserRecursionError
+from mailparser.utils import get_addresses
+
+from intake.html_text import html_to_text, visible_text
+
+__all__ = [
+    "Address", "Attachment", "ParsedEmail", "UnparseableMail", "parse_mail", "sanitize_filename", "visible_text",
+]
+
+log = logging.getLogger(__name__)
+
+_OLE_SIGNATURE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_HEADER_START = re.compile(rb"(?:From [^\r\n]*\r?\n)?[\x21-\x39\x3b-\x7e]+[ \t]*:")
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+_SPACES = re.compile(r"\s+")
+_MSGID = re.compile(r"<([^<>]+)>")
+_NO_BRACKETS = str.maketrans("<>", "  ")
+_MSGID_LINE = re.compile(r"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
+_CONTENT_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
+_UNSAFE_NAME = re.compile(r'[<>:"|?*]')
+_SAFE_CHAR = {"Cc": " ", "Zl": " ", "Zp": " ", "Cf": ""}  # controls break lines; format chars (RTL override) hide
+_CHARSET_NAMES = {"x-gbk": "gbk", "x-sjis": "shift_jis", "iso-8859-8-i": "iso-8859-8", "windows-874": "cp874"}
+_CHARSET_SUPERSETS = {  # labels mailers use for text in the wider Windows/WHATWG set
+    "gb2312": "gb18030", "gbk": "gb18030", "euc_kr": "cp949", "shift_jis": "cp932",
+    "iso8859-1": "cp1252", "ascii": "cp1252",
+}
+_MAX_DEPTH = 64
+_MAX_ENCODED_WORDS = 2000
+_MAX_HEADER_BYTES = 128 * 1024
+_MAX_ADDRESS_FIELD = 64 * 1024  # about 2,000 addresses; the parser costs ~5 us per character
+_DSN_HEADER_TYPES = frozenset({
+    "message/rfc822", "message/global", "message/rfc822-headers",
+    "message/global-headers", "text/rfc822-headers",
+})
+
+
+class UnparseableMail(Exception):
+    """Raised when the bytes are not a mail at all; ``str(exc)`` is a short reason."""
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str
+    payload: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
+
+
+@dataclass(frozen=True)
+class Address:
+    name: str
+    email: str
+
+
+@dataclass(frozen=True)
+class ParsedEmail:
+    message_id: str | None
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    subject: str
+    sender: Address
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...]
+    reply_to: tuple[Address, ...]
+    date: datetime | None
+    headers: Mapping[str, tuple[str, ...]]
+    body_text: str
+    body_html: str | None
+    attachments: tuple[Attachment, ...]
+    is_dsn: bool
+    dsn_original_message_id: str | None
+    defects: tuple[str, ...]
+    size: int
+
+
+def parse_mail(
+    raw: bytes,
+    *,
+    envelope_sender: str | None = None,
+    max_attachment_bytes: int = 10 * 1024 * 1024,
+    max_attachments: int = 50,
+) -> ParsedEmail:
+    """Parse raw mail bytes; raises only UnparseableMail, whatever the input."""
+    _reject_non_mail(raw)
+    try:
+        return _build(raw, envelope_sender, max_attachment_bytes, max_attachments)
+    except Exception as exc:  # the contract: no other exception escapes, for any bytes
+        log.exception("parse failed unexpectedly")
+        raise UnparseableMail(f"internal error: {type(exc).__name__}") from exc
+
+
+def _reject_non_mail(raw: bytes) -> None:
+    if not raw.strip():
+        raise UnparseableMail("empty")
+    if raw.startswith(_OLE_SIGNATURE):
+        raise UnparseableMail("OLE compound file (Outlook .msg), not MIME")
+    if not _HEADER_START.match(raw):
+        raise UnparseableMail("no header field at the start")
+
+
+def _build(raw: bytes, envelope_sender: str | None, max_bytes: int, max_count: int) -> ParsedEmail:
+    message, parsed, defects = _parse_tree(raw)
+    raw_headers = _raw_headers(message)
+    headers = {name: tuple(_decode_words(v).strip() for v in vs) for name, vs in raw_headers.items()}
+    to, cc, reply_to = (
+        _addresses(_first(raw_headers, name), _parsed_pairs(parsed, name)) for name in ("to", "cc", "reply-to")
+    )
+    sender = _sender(raw_headers, _parsed_pairs(parsed, "from"), envelope_sender, defects)
+    walk = _Walk(message, defects)
+    attachments = _attachments(walk.files, max_bytes, max_count, defects)
+    return ParsedEmail(
+        message_id=next(iter(_message_ids(headers.get("message-id", ())[:1])), None),
+        in_reply_to=_message_ids(headers.get("in-reply-to", ())),
+        references=_message_ids(headers.get("references", ())),
+        subject=_SPACES.sub(" ", headers.get("subject", ("",))[0]).strip(),
+        sender=sender,
+        to=to,
+        cc=cc,
+        reply_to=reply_to,
+        date=parse_mail_date(_first(raw_headers, "date") or "").value,  # aware (UTC) or None
+        headers=MappingProxyType(headers),
+        body_text=walk.body_text(),
+        body_html="\n".join(walk.html) or None,
+        attachments=attachments,
+        is_dsn=walk.is_dsn,
+        dsn_original_message_id=walk.dsn_original_id,
+        defects=tuple(dict.fromkeys(defects)),
+        size=len(raw),
+    )
+
+
+def _parse_tree(raw: bytes) -> tuple[Message, MailParser | None, list[str]]:
+    """The MIME tree, mail-parser's view if it ran, and the defects found; raw parsed at most twice."""
+    if costly := _costly_for_mailparser(raw):
+        return _stdlib_tree(raw, costly)
+    try:
+        parsed = mailparser.parse_from_bytes(raw)
+    except MailParserRecursionError:
+        return BytesParser().parsebytes(raw, headersonly=True), None, ["NestingTooDeep"]
+    except Exception as exc:  # mail-parser is tolerant by design; anything it cannot take falls back
+        return _stdlib_tree(raw, f"MailParserError:{type(exc).__name__}")
+    return parsed.message, parsed, sorted(parsed.defects_categories)
+
+
+def _stdlib_tree(raw: bytes, reason: str) -> tuple[Message, None, list[str]]:
+    try:
+        return message_from_bytes(raw), None, [reason]
+    except RecursionError:  # the stdlib parser recurses once per multipart level
+        return BytesParser().parsebytes(raw, headersonly=True), None, [reason, "NestingTooDeep"]
+
+
+def _costly_for_mailparser(raw: bytes) -> str | None:
+    """Input on which mail-parser's time explodes (quadratic stdlib decode_header, slow headers)."""
+    if raw.count(b"=?") > _MAX_ENCODED_WORDS:
+        return "TooManyEncodedWords"
+    ends = [i for i in (raw.find(b"\n\n"), raw.find(b"\n\r\n")) if i >= 0]
+    if min(ends, default=len(raw)) > _MAX_HEADER_BYTES:
+        return "OversizedHeaders"
+    return None
+
+
+# --- headers -------------------------------------------------------------------------------
+
+
+def _raw_headers(message: Message) -> dict[str, list[str]]:
+    """Header values by lower-cased name, unfolded, 8-bit bytes decoded, encoded words kept."""
+    values: dict[str, list[str]] = {}
+    for name, value in message.raw_items():
+        value = _undo_surrogates(_FOLD.sub("", str(value))).replace("\x00", "")
+        values.setdefault(name.lower(), []).append(value)
+    return values
+
+
+def _decode_words(value: str) -> str:
+    """Decode RFC 2047 encoded words (any charset) and raw 8-bit bytes in a header value."""
+    value = _undo_surrogates(value)
+    if "=?" not in value:
+        return value
+    segments: list[tuple[str, bytes | str]] = []  # (charset, bytes) or ("", text)
+    pos = 0
+    for match in _ENCODED_WORD.finditer(value):
+        gap, word = value[pos : match.start()], _encoded_word_bytes(match)
+        if gap and not (gap.isspace() and word is not None and segments and segments[-1][0]):
+            segments.append(("", gap))  # white space between two encoded words is dropped
+        segments.append(("", match.group(0)) if word is None else (match.group(1).lower(), word))
+        pos = match.end()
+    segments.append(("", value[pos:]))
+    return "".join(_decode_runs(segments)).replace("\x00", "")  # "=00" is no text, and no database stores it
+
+
+def _decode_runs(segments: list[tuple[str, bytes | str]]) -> Iterator[str]:
+    """Adjacent words in one charset are decoded together: a character may span two words."""
+    for charset, run in itertools.groupby(segments, key=lambda segment: segment[0]):
+        parts = [data for _, data in run]
+        if charset:
+            yield _decode_bytes(b"".join(p for p in parts if isinstance(p, bytes)), charset)
+        else:
+            yield "".join(p for p in parts if isinstance(p, str))
+
+
+def _encoded_word_bytes(match: re.Match[str]) -> bytes | None:
+    text = match.group(3).encode("utf-8", "surrogateescape")
+    try:
+        if match.group(2) in "qQ":
+            return binascii.a2b_qp(text, header=True)
+        return binascii.a2b_base64(text + b"=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _undo_surrogates(value: str) -> str:
+    """compat32 keeps undecodable header bytes as surrogates; decode them as text."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return _decode_bytes(value.encode("utf-8", "surrogateescape"), None)
+
+
+@functools.lru_cache(maxsize=256)
+def _codec(charset: str | None) -> str | None:
+    if not charset:
+        return None
+    name = charset.strip().strip("\"'").lower().split("*", 1)[0]  # RFC 2231 "utf-8*en"
+    try:
+        codec = codecs.lookup(_CHARSET_NAMES.get(name, name)).name
+    except (LookupError, ValueError):
+        return None
+    return _CHARSET_SUPERSETS.get(codec, codec)
+
+
+def _decode_bytes(data: bytes, charset: str | None) -> str:
+    """Decode text; valid UTF-8 beats an 8-bit label (often wrong), never raises."""
+    codec = _codec(charset)
+    if not data.isascii() and not (codec or "").startswith(("utf-16", "utf-32")):
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    try:
+        return data.decode(codec or "cp1252", "replace")
+    except (LookupError, UnicodeError, ValueError):  # non-text codecs, codecs without "replace"
+        return data.decode("cp1252", "replace")
+
+
+def _message_ids(values: tuple[str, ...]) -> tuple[str, ...]:
+    ids: list[str] = []
+    for value in values:
+        ids.extend(_MSGID.findall(value) or value.translate(_NO_BRACKETS).split())
+    cleaned = ("".join(found.split()) for found in ids)
+    return tuple(dict.fromkeys(found for found in cleaned if found))
+
+
+# --- addresses -----------------------------------------------------------------------------
+
+
+def _first(raw_headers: dict[str, list[str]], name: str) -> str | None:
+    return raw_headers.get(name, [None])[0]
+
+
+def _parsed_pairs(parsed: MailParser | None, name: str) -> list[tuple[str, str]] | None:
+    """mail-parser's own parse of From/To/Cc/Reply-To (first occurrence), when it ran."""
+    return None if parsed is None else getattr(parsed, name.replace("-", "_"))
+
+
+def _addresses(value: str | None, pairs: list[tuple[str, str]] | None = None) -> tuple[Address, ...]:
+    """Structure first, names decoded after: a comma or address inside an encoded word stays a name."""
+    if not value:
+        return ()
+    if pairs is None:  # the same parser mail-parser uses (~0.1 ms per field, so not run twice)
+        pairs = get_addresses(value[:_MAX_ADDRESS_FIELD], decode_names=True)
+    return tuple(Address("" if n == e else _decode_words(n).strip(), e.lower()) for n, e in pairs if e)
+
+
+def _sender(
+    raw_headers: dict[str, list[str]], pairs: list[tuple[str, str]] | None, envelope: str | None, defects: list[str]
+) -> Address:
+    found = _addresses(_first(raw_headers, "from"), pairs)
+    if not found and "from" in raw_headers:
+        defects.append("InvalidFromAddress")
+    for fallback in (_first(raw_headers, "sender"), _first(raw_headers, "return-path"), envelope):
+        found = found or _addresses(fallback)
+    return found[0] if found else Address("", "")
+
+
+# --- bodies, attachments, DSN --------------------------------------------------------------
+
+
+class _Walk:
+    """One pass over the MIME tree: body texts, attachment parts and DSN facts."""
+
+    def __init__(self, message: Message, defects: list[str]) -> None:
+        self.defects = defects
+        self.plain: list[str] = []
+        self.html: list[str] = []
+        self.files: list[Message] = []
+        self.is_dsn = message.get_content_type() == "multipart/report" and (
+            str(message.get_param("report-type", "")).lower() == "delivery-status"
+        )
+        self.dsn_original_id: str | None = None
+        for part in _leaves(message, defects):
+            self._take(part)
+
+    def _take(self, part: Message) -> None:
+        ctype = part.get_content_type()
+        if self.is_dsn and ctype in _DSN_HEADER_TYPES and self.dsn_original_id is None:
+            self.dsn_original_id = _original_message_id(part)
+        broken = part.get_content_maintype() == "multipart"  # boundary never found: keep what is there
+        if broken or (ctype in ("text/plain", "text/html") and _is_inline_body(part)):
+            text = _part_text(part)
+            if "\x00" not in text:
+                (self.html if ctype == "text/html" else self.plain).append(text)
+                return
+            self.defects.append("BinaryTextPart")  # NUL is never text: keep it as a file instead
+        self.files.append(part)
+
+    def body_text(self) -> str:
+        plain = "\n\n".join(text.strip("\n") for text in self.plain if text.strip())
+        if plain:
+            return plain.strip("\n")
+        return "\n\n".join(html_to_text(html) for html in self.html if html.strip())
+
+
+def _leaves(message: Message, defects: list[str]) -> Iterator[Message]:
+    """Non-multipart parts in order; message/* parts are leaves (never read as our body)."""
+    stack: list[tuple[Message, int]] = [(message, 0)]
+    while stack:
+        part, depth = stack.pop()
+        defects.extend(type(defect).__name__ for defect in part.defects)
+        if not part.is_multipart() or part.get_content_maintype() == "message":
+            yield part
+        elif depth >= _MAX_DEPTH:
+            defects.append("NestingTooDeep")
+        else:
+            children = [*_subparts(part), *_epilogue_parts(part)]
+            stack.extend((child, depth + 1) for child in reversed(children))
+
+
+def _subparts(part: Message) -> list[Message]:
+    payload = part.get_payload()
+    return [child for child in payload if isinstance(child, Message)] if isinstance(payload, list) else []
+
+
+def _epilogue_parts(part: Message) -> list[Message]:
+    """Parts after the close delimiter (a broken mailer reused the boundary), as mail-parser recovers them."""
+    boundary, epilogue = part.get_boundary(), part.epilogue
+    if not boundary or not epilogue or f"--{boundary}" not in epilogue:
+        return []
+    delimiter = re.compile(rf"^--{re.escape(boundary)}(?:--)?[ \t]*\r?\n?", re.M)
+    try:
+        return [message_from_string(chunk) for chunk in delimiter.split(epilogue)[1:] if chunk.strip()]
+    except RecursionError:
+        return []
+
+
+def _is_inline_body(part: Message) -> bool:
+    """Explicitly inline text is body even when named; undeclared text is body unless named."""
+    disposition = part.get_content_disposition()
+    return disposition == "inline" or (disposition is None and not part.get_filename())
+
+
+def _part_text(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    text = _decode_bytes(payload, part.get_content_charset())
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _original_message_id(part: Message) -> str | None:
+    if part.is_multipart():
+        values = tuple(str(v) for m in _subparts(part)[:1] for k, v in m.raw_items() if k.lower() == "message-id")
+    else:
+        values = tuple(_MSGID_LINE.findall(_part_text(part)))
+    ids = _message_ids(tuple(_decode_words(_FOLD.sub("", v)) for v in values[:1]))
+    return ids[0] if ids else None
+
+
+def _attachments(parts: list[Message], max_bytes: int, max_count: int, defects: list[str]) -> tuple[Attachment, ...]:
+    kept: list[Attachment] = []
+    for part in parts:
+        ctype = part.get_content_type()
+        ctype = ctype if _CONTENT_TYPE.fullmatch(ctype) else "application/octet-stream"
+        name = sanitize_filename(_decode_words(part.get_filename() or ""), ctype)
+        payload = _part_bytes(part)
+        if len(payload) > max_bytes:
+            defects.append(f"AttachmentTooLarge:{name}")
+        elif len(kept) >= max_count:
+            defects.append("TooManyAttachments")
+            break
+        else:
+            kept.append(Attachment(name, ctype, payload))
+    return tuple(kept)
+
+
+def _part_bytes(part: Message) -> bytes:
+    if not part.is_multipart():
+        payload = part.get_payload(decode=True)
+        return payload if isinstance(payload, bytes) else b""
+    try:  # message/*: re-serialise the embedded message(s)
+        return b"".join(inner.as_bytes() for inner in _subparts(part))
+    except Exception:  # the generator can fail on what the parser tolerated; the raw mail is kept
+        return b""
+
+
+def sanitize_filename(name: str, content_type: str = "application/octet-stream") -> str:
+    """A safe base name: no path, control or format characters, no leading dots, <= 200 chars."""
+    name = unicodedata.normalize("NFC", name)
+    name = "".join(_SAFE_CHAR.get(unicodedata.category(c), c) for c in name)
+    name = re.split(r"[/\\]", _UNSAFE_NAME.sub("_", name))[-1]
+    name = _SPACES.sub(" ", name).strip(" .")
+    if not name:
+        return "attachment" + _extension(content_type)
+    if len(name) <= 200:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if not dot or len(ext) > 16:
+        return name[:200].rstrip(" .")
+    return f"{stem[: 199 - len(ext)].rstrip(' .')}.{ext}"
+
+
+@functools.lru_cache(maxsize=128)
+def _extension(content_type: str) -> str:
+    if content_type == "application/octet-stream":
+        return ""
+    return _mime_types().guess_extension(content_type, strict=False) or ""
+
+
+@functools.cache
+def _mime_types() -> mimetypes.MimeTypes:
+    return mimetypes.MimeTypes()  # built-in table only: same names on every host
