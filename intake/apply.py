@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -55,7 +55,8 @@ def open_case(session: Session, ctx: Context, inbound: InboundMail, mail: Parsed
                     organization=decision.organization.name if decision.organization else None,
                     tier=decision.tier.name if decision.tier else None, mailbox=inbound.mailbox,
                     reply_token=new_token(), created_at=ctx.now, updated_at=ctx.now,
-                    first_response_due=decision.due, previous_ticket_id=previous.id if previous else None)
+                    first_response_due=decision.due, previous_ticket_id=previous.id if previous else None,
+                    notify=list(actions.notify))
     session.add(ticket)
     session.flush()
     _add_participants(session, ctx, ticket, mail)
@@ -125,8 +126,12 @@ def within_reopen_window(ticket: Ticket, now: datetime, window: Duration) -> boo
     """Pending and resolved cases always take replies; closed ones only inside the window."""
     if ticket.status is not TicketStatus.CLOSED:
         return True
-    closed = ticket.closed_at or ticket.updated_at
-    return (now - closed).total_seconds() <= _window_seconds(window)
+    return now <= reopen_until(ticket.closed_at or ticket.updated_at, window)
+
+
+def reopen_until(closed: datetime, window: Duration) -> datetime:
+    """The last moment a reply reopens a case closed at `closed` (the closing notice names it)."""
+    return closed + timedelta(seconds=_window_seconds(window))
 
 
 def _window_seconds(window: Duration) -> float:

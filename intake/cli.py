@@ -10,9 +10,12 @@ from typing import Any, Callable, Sequence
 
 from sqlalchemy import update
 
+from intake.cli_sla import add_commands as add_sla_commands, sla_line
 from intake.config import Config, ConfigError, default_config_path, load_config
+from intake.explain import as_json, as_text, explain
 from intake.imap_poller import ImapPoller, PollFailed
 from intake.importer import ImportSourceError, ProgressBar, import_mail
+from intake.parse import UnparseableMail
 from intake.pipeline import release, replay
 from intake.service import build_services, renderer_for, serve
 from intake.views import list_inbound, list_outbox, list_tickets, show_ticket
@@ -21,7 +24,7 @@ from models.db import unit_of_work
 from models.migrate import upgrade
 
 TEMPLATES = ("acknowledgment", "rejection", "community", "quota_exceeded", "staff_notification", "staff_reply",
-             "command_error")
+             "command_error", "followup", "closing_notice", "sla_warning", "sla_breach", "sev1_reminder")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     _command(db, "upgrade", "apply Alembic migrations up to head", _db_upgrade)
     cfg = commands.add_parser("config", help="configuration").add_subparsers(dest="config_command", required=True)
     _command(cfg, "check", "validate config.toml and the templates", _config_check)
+    routing = commands.add_parser("routing", help="routing rules").add_subparsers(dest="r_command", required=True)
+    explain = _command(routing, "explain", "show how the rules route a mail file (stores and sends nothing)",
+                       _routing_explain, json_flag=True)
+    explain.add_argument("file", type=Path, help="the mail, as a .eml file")
+    explain.add_argument("--to", action="append", default=[], metavar="ADDRESS",
+                         help="an envelope recipient (repeatable; default: the To and Cc addresses)")
     tickets = commands.add_parser("tickets", help="cases").add_subparsers(dest="tickets_command", required=True)
     _command(tickets, "list", "list cases", _tickets_list, json_flag=True).add_argument("--status")
     _command(tickets, "show", "show one case", _tickets_show, json_flag=True).add_argument("ref")
@@ -82,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     _command(outbox, "list", "list outgoing mail", _outbox_list, json_flag=True).add_argument("--status")
     _command(outbox, "retry", "send failed or waiting mail again now", _outbox_retry).add_argument(
         "ids", type=int, nargs="*", help="ids to retry (default: all failed and pending)")
+    add_sla_commands(commands, _command)
     return parser
 
 
@@ -160,6 +170,22 @@ def _config_check(config: Config, args: argparse.Namespace) -> int:
     return 2 if problems else 0
 
 
+def _routing_explain(config: Config, args: argparse.Namespace) -> int:
+    try:
+        explanation = explain(args.file.read_bytes(), config, tuple(args.to))
+    except OSError as exc:
+        print(f"{args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except UnparseableMail as exc:
+        print(f"{args.file}: not a mail: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print(as_json(explanation), True, ())
+    else:
+        print(as_text(explanation))
+    return 0
+
+
 def _tickets_list(config: Config, args: argparse.Namespace) -> int:
     with build_services(config).sessions() as session:
         _print(list_tickets(session, config, args.status), args.json,
@@ -176,6 +202,8 @@ def _tickets_show(config: Config, args: argparse.Namespace) -> int:
         _print(view, True, ())
         return 0
     _print(view, False, ("ref", "status", "severity", "queue", "requester", "subject"))
+    if sla_line(view):
+        print(sla_line(view))
     for m in view["messages"]:
         print(f"\n--- {m['created_at']} {m['direction']} {m['kind']} {m['author']}\n{m['body_text']}")
     return 0

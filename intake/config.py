@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
+from intake.config_lines import Locator
+from intake.config_routing import policy_problem, read_routing
 from routing.policy import Organization, Tier
-from routing.rules import Actions, Match, Rule
+from routing.rules import Actions, Rule
 from routing.severity import SeverityLevel
 from routing.sla import Calendar, Duration
 
@@ -130,35 +132,45 @@ def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | N
     """Read and validate `path`; `overrides` ({"database": {"url": ...}}) replace whole keys (tests, CLI)."""
     path = Path(path) if path is not None else default_config_path()
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError([f"{path}: file not found"]) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update(values)
-    return _Builder(path, data).build()
+    return _Builder(path, data, Locator.of(text)).build()
 
 
 class _Section:
-    """One table of the file: typed reads that record problems instead of raising."""
+    """One table of the file: typed reads that record problems instead of raising.
 
-    def __init__(self, builder: "_Builder", name: str, data: Any) -> None:
-        self.b, self.name = builder, name
+    `prefix` names a nested table in messages (`match.` for a rule's match); `locate` finds the
+    line of a key, where the file tells.
+    """
+
+    def __init__(self, builder: "_Builder", name: str, data: Any, prefix: str = "",
+                 locate: Callable[[str | None], int | None] | None = None) -> None:
+        self.b, self.name, self.prefix, self.locate = builder, name, prefix, locate
         self.data: dict[str, Any] = data if isinstance(data, dict) else {}
-        if not isinstance(data, dict):
-            builder.problem(name, None, f"expected a table, got {_kind(data)}")
         self.seen: set[str] = set()
+        if not isinstance(data, dict):
+            self.problem(None, f"expected a table, got {_kind(data)}")
+
+    def problem(self, key: str | None, message: str) -> None:
+        full = f"{self.prefix}{key}" if key else (self.prefix.rstrip(".") or None)
+        self.b.problem(self.name, full, message, self.locate(full) if self.locate else None)
 
     def get(self, key: str, kind: type[T] | tuple[type, ...], default: Any = _MISSING) -> Any:
         self.seen.add(key)
         if key not in self.data:
             if default is _MISSING:
-                self.b.problem(self.name, key, "is required")
+                self.problem(key, "is required")
             return default
         value = self.data[key]
         if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float, (int, float))):
-            self.b.problem(self.name, key, f"expected {_kind_name(kind)}, got {_kind(value)}")
+            self.problem(key, f"expected {_kind_name(kind)}, got {_kind(value)}")
             return default if default is not _MISSING else None
         return value
 
@@ -166,12 +178,12 @@ class _Section:
         try:
             return fn(raw)
         except (ValueError, KeyError, TypeError, re.error, zoneinfo.ZoneInfoNotFoundError) as exc:
-            self.b.problem(self.name, key, str(exc) or exc.__class__.__name__)
+            self.problem(key, str(exc) or exc.__class__.__name__)
             return None
 
     def finish(self) -> None:
         for key in sorted(set(self.data) - self.seen):
-            self.b.problem(self.name, key, "unknown key")
+            self.problem(key, "unknown key")
 
 
 def _kind(value: Any) -> str:
@@ -185,13 +197,19 @@ def _kind_name(kind: Any) -> str:
 
 
 class _Builder:
-    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+    def __init__(self, path: Path, data: dict[str, Any], locator: Locator | None = None) -> None:
         self.path, self.data = path, data
+        self.locator = locator or Locator.of("")
         self.problems: list[str] = []
 
-    def problem(self, section: str, key: str | None, message: str) -> None:
+    def problem(self, section: str, key: str | None, message: str, line: int | None = None) -> None:
         where = f"[{section}]" + (f" {key}" if key else "")
-        self.problems.append(f"{self.path}: {where}: {message}")
+        self.problems.append(f"{self.path}{f':{line}' if line else ''}: {where}: {message}")
+
+    def table(self, name: str, data: Any, prefix: str = "",
+              locate: Callable[[str | None], int | None] | None = None) -> _Section:
+        """A table read the typed, problem-recording way (for the section readers in other modules)."""
+        return _Section(self, name, data, prefix, locate)
 
     def section(self, name: str, required: bool = True) -> _Section:
         if name not in self.data and not required:
@@ -206,7 +224,8 @@ class _Builder:
                  "tiers", "organizations", "staff", "followup", "sla", "routing"}
         for key in sorted(set(self.data) - known):
             self.problems.append(f"{self.path}: [{key}]: unknown section")
-        parts = {**self._service(), **self._transport(), **self._policy(), **self._time(), **self._routing()}
+        parts = {**self._service(), **self._transport(), **self._policy(), **self._time()}
+        parts.update(read_routing(self, parts))
         if self.problems:
             raise ConfigError(self.problems)
         return Config(path=self.path, raw=self.data, **parts)
@@ -296,12 +315,10 @@ class _Builder:
 
     def _check_policy(self, where: str, on_untagged: str | None, on_unknown: str | None) -> None:
         levels = {lv.get("level") for lv in self.data.get("severity", {}).get("levels", []) if isinstance(lv, dict)}
-        if on_untagged is not None and on_untagged not in ("reject", "hold"):
-            m = re.fullmatch(r"default:\s*(\d+)", on_untagged)
-            if not m or int(m.group(1)) not in levels:
-                self.problem(where, "on_untagged", f"{on_untagged!r}: expected reject, hold or default:N with N a configured level")
-        if on_unknown is not None and on_unknown not in ("hold", "reject", "accept"):
-            self.problem(where, "on_unknown_sender", f"{on_unknown!r}: expected hold, reject or accept")
+        for key, value in (("on_untagged", on_untagged), ("on_unknown_sender", on_unknown)):
+            problem = None if value is None else policy_problem(key, value, levels)
+            if problem:
+                self.problem(where, key, problem)
 
     def _policy(self) -> dict[str, Any]:
         sev = self.section("severity")
@@ -387,59 +404,6 @@ class _Builder:
         values["warn_at"] = float(sla.get("warn_at", (int, float), 0.75))
         sla.finish()
         return {"calendars": calendars, **values}
-
-    def _routing(self) -> dict[str, Any]:
-        r = self.section("routing")
-        queues = tuple(r.get("queues", list, []))
-        default = self._actions(_Section(self, "routing.default", r.get("default", dict, {})), queues)
-        if default.queue is None:
-            self.problem("routing", "default", "must name a queue")
-        rules = []
-        for i, entry in enumerate(r.get("rules", list, [])):
-            s = _Section(self, f"routing.rules.{i}", entry)
-            name = s.get("name", str, f"rule-{i + 1}")
-            s.name = f"routing.rules.{name}"
-            rules.append(Rule(name, self._match(s), self._actions(s, queues), s.get("stop", bool, True)))
-        r.finish()
-        return {"queues": queues, "default_actions": default, "rules": tuple(rules)}
-
-    def _match(self, rule: _Section) -> Match:
-        s = _Section(self, f"{rule.name}.match", rule.get("match", dict, {}))
-        strings = {k: tuple(str(v).lower() for v in _listify(s.get(k, (list, str), []))) for k in
-                   ("mailbox", "recipient", "sender", "sender_domain", "organization", "tier")}
-        severity = tuple(s.get("severity", list, []))
-        headers = tuple((name, s.convert("header", pattern, re.compile)) for name, pattern in s.get("header", dict, {}).items())
-        match = Match(**strings, severity=severity,
-                      subject=_compile(s, "subject"), body=_compile(s, "body"),
-                      has_attachment=s.get("has_attachment", bool, None),
-                      header=tuple((n, p) for n, p in headers if p is not None))
-        s.finish()
-        return match
-
-    def _actions(self, s: _Section, queues: tuple[str, ...]) -> Actions:
-        queue = s.get("queue", str, None)
-        if queue is not None and queue not in queues:
-            self.problem(s.name, "queue", f"{queue!r} is not in [routing] queues")
-        on_untagged, on_unknown = s.get("on_untagged", str, None), s.get("on_unknown_sender", str, None)
-        self._check_policy(s.name, on_untagged, on_unknown)
-        actions = Actions(queue, s.get("assignee", str, None), tuple(s.get("tags", list, [])),
-                          tuple(s.get("notify", list, [])), s.get("severity_floor", int, None),
-                          s.get("severity_ceiling", int, None), on_untagged, on_unknown)
-        if s.name == "routing.default":
-            s.finish()
-        else:
-            s.get("name", str, None), s.get("match", dict, None), s.get("stop", bool, True)
-            s.finish()
-        return actions
-
-
-def _listify(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
-def _compile(s: _Section, key: str) -> re.Pattern[str] | None:
-    pattern = s.get(key, str, None)
-    return None if pattern is None else s.convert(key, pattern, lambda p: re.compile(p, re.IGNORECASE))
 
 
 def _month_day(text: str) -> tuple[int, int]:

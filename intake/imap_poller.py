@@ -22,7 +22,7 @@ from intake.config import ImapConfig, MailboxConfig
 from intake.crashpoints import crash_point
 from intake.importer import Summary
 from intake.pipeline import Services, ingest
-from intake.store import Envelope
+from intake.store import Envelope, ImapOrigin
 from models.db import unit_of_work
 from models.mail import ImapFetchFailure
 
@@ -174,8 +174,11 @@ def _says(response: object, word: bytes) -> bool:
 
 
 def _text(exc: BaseException) -> str:
-    text = exc.args[0] if exc.args else exc
-    text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+    """The server's words, without the bytes repr imapclient sometimes wraps them in."""
+    first = exc.args[0] if exc.args else None
+    text = first.decode(errors="replace") if isinstance(first, bytes) else first if isinstance(first, str) else str(exc)
+    if text.startswith(("b'", 'b"')) and text[-1:] == text[1]:
+        text = text[2:-1]
     return text or type(exc).__name__
 
 
@@ -216,7 +219,7 @@ class ImapPoller:
         backoff = Backoff(self.settings.reconnect_min_seconds, self.settings.reconnect_max_seconds)
         while not stopping.is_set():
             try:
-                summary = self.drain()
+                summary = self.drain(stopping=stopping)
                 if summary.fetched or summary.failed:
                     log.info("imap pass mailbox=%s %s", self.address, summary.line())
                 backoff.reset()
@@ -240,7 +243,7 @@ class ImapPoller:
                     return self.drain(summary)
                 except Exception as exc:     # retried, then reported with what was done
                     attempts_left -= 1
-                    if attempts_left == 0:
+                    if attempts_left == 0 or isinstance(exc, LoginRefused):   # credentials do not heal in seconds
                         raise PollFailed(summary, exc) from exc
                     delay = backoff.next()
                     self._failed(exc, delay)
@@ -248,18 +251,30 @@ class ImapPoller:
         finally:
             self._disconnect()
 
-    def drain(self, summary: Summary | None = None) -> Summary:
+    def drain(self, summary: Summary | None = None, stopping: threading.Event | None = None) -> Summary:
         """Fetch, ingest and mark everything waiting, until a search finds nothing not yet tried."""
         summary = summary if summary is not None else Summary()
         box = self._box()
         tried: set[int] = set()
         while uids := [uid for uid in box.search(unseen_only=self.settings.processed_folder is None)
                        if uid not in tried]:
-            for start in range(0, len(uids), self.settings.batch_size):
-                batch = uids[start:start + self.settings.batch_size]
+            for batch in self._batches(uids):
+                if stopping is not None and stopping.is_set():
+                    return summary
                 tried.update(batch)
                 self._take(box, batch, summary)
         return summary
+
+    def _batches(self, uids: list[int]) -> Iterator[list[int]]:
+        """Batches of batch_size; one message at a time where a batch's FETCH broke the connection,
+        so that only the message at fault is counted as a failure."""
+        size = self.settings.batch_size
+        for start in range(0, len(uids), size):
+            batch = uids[start:start + size]
+            if self._suspects.intersection(batch):
+                yield from ([uid] for uid in batch)
+            else:
+                yield batch
 
     def _take(self, box: Mailbox, batch: list[int], summary: Summary) -> None:
         batch = self._set_aside_broken(box, batch)
@@ -270,8 +285,8 @@ class ImapPoller:
                 if uid not in fetched:
                     continue
                 raw = fetched[uid]
-                envelope = Envelope.from_headers(raw, "imap", self.address, imap_uidvalidity=box.uidvalidity,
-                                                 imap_uid=uid)
+                origin = ImapOrigin(self.settings.folder, box.uidvalidity, uid)
+                envelope = Envelope.from_headers(raw, "imap", self.address, imap=origin)
                 result = ingest(self.services, raw, envelope)
                 summary.add(result)
                 done.append(uid)
@@ -289,44 +304,40 @@ class ImapPoller:
             box.flag_seen(uids)
 
     def _fetch(self, box: Mailbox, batch: list[int], summary: Summary) -> dict[int, bytes]:
-        """The whole messages of a batch. A batch whose FETCH broke the connection is fetched one
-        message at a time on the next connection, so only the message at fault is counted."""
-        fetched: dict[int, bytes] = {}
-        if len(batch) > 1 and not self._suspects.intersection(batch):
-            try:
-                fetched = box.fetch(batch)
-            except ConnectionLost:
-                self._suspects.update(batch)
-                raise
-            except MailboxError:
-                fetched = {}     # refused as a whole: find the message at fault one by one
-        for uid in batch:
-            if uid in fetched:
-                continue
-            try:
-                one = box.fetch([uid])
-            except ConnectionLost as exc:
-                self._fetch_failed(box, uid, str(exc), summary)
-                raise
-            except MailboxError as exc:
-                self._fetch_failed(box, uid, str(exc), summary)
-                continue
-            if uid in one:
-                fetched[uid] = one[uid]
-                self._suspects.discard(uid)
-            else:
-                self._fetch_failed(box, uid, "the server returned no message body", summary)
+        """The whole messages of a batch. What the server will not give is asked for alone, and
+        only a single message's failure is counted (see `_batches` for a broken connection)."""
+        try:
+            fetched = box.fetch(batch)
+        except ConnectionLost as exc:
+            if len(batch) == 1:
+                self._fetch_failed(box, batch[0], str(exc), summary)
+            self._suspects.update(batch)
+            raise
+        except MailboxError as exc:
+            if len(batch) == 1:
+                self._fetch_failed(box, batch[0], str(exc), summary)
+                return {}
+            fetched = {}
+        missing = [uid for uid in batch if uid not in fetched]
+        if len(batch) == 1 and missing:
+            self._fetch_failed(box, batch[0], "the server returned no message body", summary)
+        elif missing:
+            for uid in missing:
+                fetched.update(self._fetch(box, [uid], summary))
+        self._suspects.difference_update(fetched)
         return fetched
 
     def _fetch_failed(self, box: Mailbox, uid: int, error: str, summary: Summary) -> None:
         summary.failed += 1
-        failures = record_fetch_failure(self.services, self.address, box.uidvalidity, uid, error)
+        origin = ImapOrigin(self.settings.folder, box.uidvalidity, uid)
+        failures = record_fetch_failure(self.services, self.address, origin, error)
         log.warning("imap fetch_failed mailbox=%s uidvalidity=%s uid=%s failures=%s/%s error=%r", self.address,
                     box.uidvalidity, uid, failures, self.settings.max_fetch_failures, error)
 
     def _set_aside_broken(self, box: Mailbox, batch: list[int]) -> list[int]:
         """Move messages that failed max_fetch_failures times to the error folder; return the rest."""
-        broken = fetch_failures(self.services, self.address, box.uidvalidity, batch, self.settings.max_fetch_failures)
+        broken = fetch_failures(self.services, self.address, self.settings.folder, box.uidvalidity, batch,
+                                self.settings.max_fetch_failures)
         if not broken:
             return batch
         box.move(sorted(broken), self.settings.error_folder)
@@ -374,27 +385,29 @@ class ImapPoller:
             self._mailbox = None
 
 
-def record_fetch_failure(services: Services, mailbox: str, uidvalidity: int, uid: int, error: str) -> int:
+def record_fetch_failure(services: Services, mailbox: str, origin: ImapOrigin, error: str) -> int:
     """Count one more failed fetch of a message; returns its count so far."""
+    key = (ImapFetchFailure.mailbox == mailbox, ImapFetchFailure.folder == origin.folder,
+           ImapFetchFailure.uidvalidity == origin.uidvalidity, ImapFetchFailure.uid == origin.uid)
     with unit_of_work(services.sessions) as session:
-        row = session.scalar(select(ImapFetchFailure).where(
-            ImapFetchFailure.mailbox == mailbox, ImapFetchFailure.uidvalidity == uidvalidity,
-            ImapFetchFailure.uid == uid).with_for_update())
+        row = session.scalar(select(ImapFetchFailure).where(*key).with_for_update())
         if row is None:
-            row = ImapFetchFailure(mailbox=mailbox, uidvalidity=uidvalidity, uid=uid, failures=0)
+            row = ImapFetchFailure(mailbox=mailbox, folder=origin.folder, uidvalidity=origin.uidvalidity,
+                                   uid=origin.uid, failures=0)
             session.add(row)
         row.failures += 1
         row.last_error, row.last_failed_at = error[:2000], services.clock()
         return row.failures
 
 
-def fetch_failures(services: Services, mailbox: str, uidvalidity: int, uids: list[int],
+def fetch_failures(services: Services, mailbox: str, folder: str, uidvalidity: int, uids: list[int],
                    at_least: int) -> dict[int, tuple[int, str]]:
     """Messages of `uids` that failed `at_least` times: uid -> (failures, last error)."""
     with services.sessions() as session:
         rows = session.execute(select(ImapFetchFailure.uid, ImapFetchFailure.failures, ImapFetchFailure.last_error)
-                               .where(ImapFetchFailure.mailbox == mailbox, ImapFetchFailure.uidvalidity == uidvalidity,
-                                      ImapFetchFailure.uid.in_(uids), ImapFetchFailure.failures >= at_least))
+                               .where(ImapFetchFailure.mailbox == mailbox, ImapFetchFailure.folder == folder,
+                                      ImapFetchFailure.uidvalidity == uidvalidity, ImapFetchFailure.uid.in_(uids),
+                                      ImapFetchFailure.failures >= at_least))
         return {uid: (failures, error) for uid, failures, error in rows}
 
 

@@ -1,5 +1,12 @@
 """Case status changes: the one place that moves a case between open, pending, resolved and
-closed, so every change is recorded as an event with its actor and reason."""
+closed, so every change is recorded as an event with its actor and reason.
+
+The events are the SLA clock's pause history (routing/sla_state.py). A change also leaves
+hints for the sweeps (docs/sla.md): entering `pending` starts a new follow-up sequence,
+leaving it cancels what is left of it, and going back to `open` has the response clock looked at
+again. The sweeps, or `intake.timetable.reschedule` in the same transaction, turn the hints
+into exact times.
+"""
 from __future__ import annotations
 
 from datetime import datetime
@@ -20,4 +27,17 @@ def change_status(session: Session, ticket: Ticket, new: TicketStatus, actor: st
     ticket.closed_at = now if new is TicketStatus.CLOSED else None
     session.add(Event(ticket_id=ticket.id, kind="status_changed", at=now, actor=actor,
                       data={"from": old.value, "to": new.value, "why": why, **data}))
+    _leave_hints(ticket, old, new, now)
     return True
+
+
+def _leave_hints(ticket: Ticket, old: TicketStatus, new: TicketStatus, now: datetime) -> None:
+    """Times that are never later than the real ones: a sweep looking early just works them out."""
+    if new is TicketStatus.PENDING:
+        ticket.followup_attempts, ticket.next_followup_at = 0, now
+    elif old is TicketStatus.PENDING:
+        ticket.next_followup_at = None
+    if new is TicketStatus.OPEN:
+        ticket.next_sev1_reminder_at = None
+        if ticket.first_response_at is None and ticket.first_response_due is not None and ticket.sla_warned_at is None:
+            ticket.sla_warn_at = now

@@ -15,7 +15,8 @@ from typing import Callable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from intake.apply import Context, add_event, add_reply, open_case, record_bounce, refuse, within_reopen_window
+from intake.apply import (SYSTEM, Context, add_event, add_reply, open_case, record_bounce, refuse,
+                          within_reopen_window)
 from intake.config import Config
 from intake.correlate import Thread, find_thread
 from intake.crashpoints import crash_point
@@ -24,6 +25,7 @@ from intake.parse import ParsedEmail, UnparseableMail, parse_mail
 from intake.screen import Screening, screen
 from intake.staff import StaffMail, apply_staff_mail, classify, notify_staff, record_suspect
 from intake.store import Envelope, Stored, store
+from intake.timetable import reschedule
 from models import InboundMail, InboundStatus, Message, Outcome, Ticket, utcnow
 from models.db import unit_of_work
 from notifications.outbox import Outbox
@@ -73,6 +75,9 @@ def process(services: Services, inbound_id: int, *, releasing: bool = False,
             if not waiting:     # processed meanwhile (another instance, a retried release)
                 return _result(inbound_id, inbound)
             _process(session, services, inbound, releasing, released_severity)
+            ticket = session.get(Ticket, inbound.ticket_id) if inbound.ticket_id is not None else None
+            if ticket is not None:      # the mail may have moved its clocks: store their next times now
+                reschedule(session, services.config, ticket, services.clock())
             inbound.status, inbound.processed_at = InboundStatus.PROCESSED, services.clock()
             crash_point("before_process_commit")
         result = _result(inbound_id, inbound)
@@ -175,6 +180,7 @@ def _new_request(session: Session, services: Services, ctx: Context, inbound: In
         return
     ticket, message = open_case(session, ctx, inbound, mail, decision, screening,
                                 previous.ticket if previous else None)
+    add_event(session, ticket, "routed", ctx.now, SYSTEM, decision.routing.record())
     notify_staff(session, ctx, ticket, inbound, message, "new_case")
     if previous is not None:
         add_event(session, previous.ticket, "followed_up_by", ctx.now, mail.sender.email,

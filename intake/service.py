@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -11,7 +10,9 @@ from intake.config import Config
 from intake.crashpoints import crash_point
 from intake.imap_poller import start_pollers
 from intake.pipeline import Services, resume_received
+from intake.reload import ServicesHolder, Signals, holding
 from intake.smtp_listener import start_listener
+from intake.sweep import SWEEP_SECONDS, run_sweeps
 from models import utcnow
 from models.db import make_engine, session_factory
 from notifications.delivery import deliver_due
@@ -28,34 +29,38 @@ def renderer_for(config: Config) -> Renderer:
     return Renderer([*search, shipped_templates_dir()])
 
 
-def build_services(config: Config) -> Services:
-    engine = make_engine(config.database_url)
+def outbox_for(config: Config) -> Outbox:
     levels = [{"level": lv.level, "name": lv.name, "description": lv.description, "aliases": list(lv.aliases)}
               for lv in config.levels]
-    outbox = Outbox(renderer_for(config), config.from_address,
-                    {"service_name": config.service_name, "levels": levels})
-    return Services(config=config, sessions=session_factory(engine), outbox=outbox,
+    return Outbox(renderer_for(config), config.from_address, {"service_name": config.service_name, "levels": levels})
+
+
+def build_services(config: Config) -> Services:
+    engine = make_engine(config.database_url)
+    return Services(config=config, sessions=session_factory(engine), outbox=outbox_for(config),
                     mail_enqueued=threading.Event())
 
 
 def serve(config: Config) -> None:
-    """Run the listener, the IMAP pollers, the outbox worker and the scheduler until SIGTERM or SIGINT."""
-    services = build_services(config)
-    stopping = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stopping.set())
+    """Run the listener, the IMAP pollers, the outbox worker and the scheduler until SIGTERM or SIGINT;
+    SIGHUP reloads the config (intake/reload.py)."""
+    holder = ServicesHolder(build_services(config))
+    services = holder.current
+    stopping, signals = threading.Event(), Signals()
     resumed = resume_received(services)
     if resumed:
         log.info("resumed %s stored mails left unprocessed", resumed)
     single_writer = config.database_url.startswith("sqlite")
     executor = ThreadPoolExecutor(max_workers=1 if single_writer else 4, thread_name_prefix="ingest")
-    listener = start_listener(services, executor, config.smtp_host, config.smtp_port)
-    scheduler = start_scheduler({"resume_received": (lambda: resume_received(services, timedelta(minutes=1)), 60)})
-    worker = threading.Thread(target=outbox_worker, args=(services, stopping), name="outbox", daemon=True)
+    listener = start_listener(holder, executor, config.smtp_host, config.smtp_port)
+    resume = (lambda: resume_received(holder.current, timedelta(minutes=1)), 60)
+    sweeps = (lambda: run_sweeps(holder.current, holder.current.clock()), SWEEP_SECONDS)
+    scheduler = start_scheduler({"resume_received": resume, "sweeps": sweeps})
+    worker = threading.Thread(target=outbox_worker, args=(holder, stopping), name="outbox", daemon=True)
     worker.start()
     pollers = start_pollers(services, stopping)
     print(f"intake serving SMTP on {config.smtp_host}:{config.smtp_port}", flush=True)
-    stopping.wait()
+    signals.run(stopping, lambda: holder.reload(config.path, outbox_for))
     listener.stop()
     scheduler.shutdown(wait=False)
     executor.shutdown(wait=True)
@@ -65,14 +70,17 @@ def serve(config: Config) -> None:
     log.info("stopped")
 
 
-def outbox_worker(services: Services, stopping: threading.Event, idle_seconds: float = 1.0) -> None:
-    """Deliver due outbox rows; woken early whenever processing enqueues mail."""
-    sender = SmtpSender(services.config.outbound_host, services.config.outbound_port)
-    wake = services.mail_enqueued or threading.Event()
+def outbox_worker(services: Services | ServicesHolder, stopping: threading.Event, idle_seconds: float = 1.0) -> None:
+    """Deliver due outbox rows; woken early whenever processing enqueues mail. The relay is read from
+    the current config on every pass, so a reload can move it."""
+    holder = holding(services)
+    wake = holder.current.mail_enqueued or threading.Event()
     while not stopping.is_set():
         wake.clear()
+        current = holder.current
+        sender = SmtpSender(current.config.outbound_host, current.config.outbound_port)
         try:
-            report = deliver_due(services.sessions, sender, services.clock, crash_point)
+            report = deliver_due(current.sessions, sender, current.clock, crash_point)
         except Exception:     # the database is away: try again on the next tick
             log.exception("outbox worker tick failed")
             report = None

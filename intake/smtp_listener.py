@@ -12,6 +12,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session as SmtpSession
 
 from intake.pipeline import Services, ingest
+from intake.reload import ServicesHolder, holding
 from intake.store import Envelope
 
 log = logging.getLogger("intake.smtp")
@@ -25,7 +26,7 @@ TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
 
 
 class IntakeHandler:
-    def __init__(self, services: Services, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, services: ServicesHolder, executor: ThreadPoolExecutor) -> None:
         self.services = services
         self.executor = executor
 
@@ -40,22 +41,21 @@ class IntakeHandler:
         """Our mailboxes, with or without a +tag (per-case reply addresses)."""
         local, _, domain = address.lower().rpartition("@")
         plain = f"{local.split('+', 1)[0]}@{domain}"
-        return any(box.address == plain for box in self.services.config.mailboxes)
+        return any(box.address == plain for box in self.services.current.config.mailboxes)
 
     async def handle_DATA(self, server: SMTP, session: SmtpSession, envelope: SmtpEnvelope) -> str:
+        services = self.services.current    # this mail keeps this config, whatever a reload does meanwhile
         raw = envelope.original_content or b""
-        mail_envelope = Envelope(door="smtp", mailbox=self._mailbox_of(envelope.rcpt_tos),
+        mailbox = services.config.mailbox(envelope.rcpt_tos[0] if envelope.rcpt_tos else "").address
+        mail_envelope = Envelope(door="smtp", mailbox=mailbox,
                                  sender=envelope.mail_from or "", recipients=tuple(a.lower() for a in envelope.rcpt_tos))
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self.executor, ingest, self.services, raw, mail_envelope)
+            result = await loop.run_in_executor(self.executor, ingest, services, raw, mail_envelope)
         except Exception:
             log.exception("store failed; answering 451")
             return TRY_LATER
         return OK_DUPLICATE if result.duplicate else OK
-
-    def _mailbox_of(self, recipients: list[str]) -> str:
-        return self.services.config.mailbox(recipients[0] if recipients else "").address
 
 
 class _LenientSMTP(SMTP):
@@ -68,10 +68,13 @@ class _Controller(Controller):
         return _LenientSMTP(self.handler, **self.SMTP_kwargs)
 
 
-def start_listener(services: Services, executor: ThreadPoolExecutor, host: str, port: int) -> Controller:
-    """Listen in a background thread; the size limit from config makes aiosmtpd answer 552 during DATA."""
-    controller = _Controller(IntakeHandler(services, executor), hostname=host, port=port, ready_timeout=10,
-                            data_size_limit=services.config.max_message_bytes, decode_data=False)
+def start_listener(services: Services | ServicesHolder, executor: ThreadPoolExecutor, host: str,
+                   port: int) -> Controller:
+    """Listen in a background thread; the size limit from config makes aiosmtpd answer 552 during DATA
+    (bound at start: a reload does not change it)."""
+    holder = holding(services)
+    controller = _Controller(IntakeHandler(holder, executor), hostname=host, port=port, ready_timeout=10,
+                            data_size_limit=holder.current.config.max_message_bytes, decode_data=False)
     controller.start()
     log.info("listening on %s:%s", host, port)
     return controller

@@ -17,6 +17,15 @@ from models.db import unit_of_work
 
 
 @dataclass(frozen=True)
+class ImapOrigin:
+    """Where the IMAP door found a mail: a refetch (after a crash before the flag) is a duplicate
+    by this even when the server renders different bytes and there is no Message-ID."""
+    folder: str
+    uidvalidity: int
+    uid: int
+
+
+@dataclass(frozen=True)
 class Envelope:
     """How the mail reached us, whichever door it came through."""
     door: str                       # smtp | imap | import
@@ -24,12 +33,11 @@ class Envelope:
     sender: str | None = None
     recipients: tuple[str, ...] = ()
     auto_answer: bool = True        # False: the sender gets no automatic answer (`intake import` default)
-    imap_uidvalidity: int | None = None
-    imap_uid: int | None = None
+    imap: ImapOrigin | None = None
 
     @classmethod
     def from_headers(cls, raw: bytes, door: str, mailbox: str, *, auto_answer: bool = True,
-                     imap_uidvalidity: int | None = None, imap_uid: int | None = None) -> "Envelope":
+                     imap: ImapOrigin | None = None) -> "Envelope":
         """For doors without an SMTP envelope (IMAP, import): what the delivering MTA recorded in
         `Return-Path`, `Delivered-To` and `X-Original-To`; the mailbox when nothing was recorded."""
         sender: str | None = None
@@ -42,7 +50,7 @@ class Envelope:
             recipients = tuple(dict.fromkeys(v.strip().strip("<>").lower() for v in delivered if "@" in v))
         except Exception:       # unreadable header block: the parse stage decides what the mail is
             pass
-        return cls(door, mailbox, sender, recipients or (mailbox,), auto_answer, imap_uidvalidity, imap_uid)
+        return cls(door, mailbox, sender, recipients or (mailbox,), auto_answer, imap)
 
 
 @dataclass(frozen=True)
@@ -63,13 +71,13 @@ def header_message_id(raw: bytes) -> str | None:
     if value is None:
         return None
     text = str(value).strip().strip("<>").strip()
-    if not text or any(c.isspace() for c in text):
-        return None
+    if not text or any(c.isspace() or not c.isprintable() for c in text):
+        return None     # a broken id cannot be a dedupe key (and NUL cannot be stored in PostgreSQL)
     return text[:255]
 
 
 def store(sessions: sessionmaker[Session], raw: bytes, envelope: Envelope, now: datetime) -> Stored:
-    """Commit the raw mail unless it is already here (same Message-ID or same bytes)."""
+    """Commit the raw mail unless it is already here (same Message-ID, same bytes or same IMAP message)."""
     digest = hashlib.sha256(raw).hexdigest()
     message_id = header_message_id(raw)
     existing = _find_existing(sessions, digest, message_id, envelope)
@@ -79,8 +87,10 @@ def store(sessions: sessionmaker[Session], raw: bytes, envelope: Envelope, now: 
         with unit_of_work(sessions) as session:
             row = InboundMail(received_at=now, door=envelope.door, mailbox=envelope.mailbox,
                               envelope_sender=envelope.sender, envelope_recipients=list(envelope.recipients),
-                              raw=raw, sha256=digest, message_id=message_id, auto_answer=envelope.auto_answer,
-                              imap_uidvalidity=envelope.imap_uidvalidity, imap_uid=envelope.imap_uid)
+                              raw=raw, sha256=digest, message_id=message_id, auto_answer=envelope.auto_answer)
+            if envelope.imap is not None:
+                row.imap_folder, row.imap_uidvalidity, row.imap_uid = (
+                    envelope.imap.folder, envelope.imap.uidvalidity, envelope.imap.uid)
             session.add(row)
             session.flush()
             crash_point("before_commit")
@@ -97,9 +107,10 @@ def _find_existing(sessions: sessionmaker[Session], digest: str, message_id: str
     condition = InboundMail.sha256 == digest
     if message_id:
         condition = or_(condition, InboundMail.message_id == message_id)
-    if envelope.imap_uid is not None:
+    if envelope.imap is not None:
         condition = or_(condition, and_(InboundMail.mailbox == envelope.mailbox,
-                                        InboundMail.imap_uidvalidity == envelope.imap_uidvalidity,
-                                        InboundMail.imap_uid == envelope.imap_uid))
+                                        InboundMail.imap_folder == envelope.imap.folder,
+                                        InboundMail.imap_uidvalidity == envelope.imap.uidvalidity,
+                                        InboundMail.imap_uid == envelope.imap.uid))
     with sessions() as session:
         return session.scalar(select(InboundMail.id).where(condition).limit(1))

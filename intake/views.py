@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from intake.config import Config
-from models import InboundMail, InboundStatus, Message, OutboxMail, OutboxStatus, Outcome, Ticket, TicketStatus
+from intake.sla_report import sla_view
+from models import InboundMail, InboundStatus, Message, OutboxMail, OutboxStatus, Outcome, Ticket, TicketStatus, utcnow
 
 
 def iso(when: datetime | None, tz: str) -> str | None:
@@ -44,7 +45,7 @@ def parse_ref(ref: str, prefix: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def show_ticket(session: Session, config: Config, ref: str) -> dict[str, Any] | None:
+def show_ticket(session: Session, config: Config, ref: str, now: datetime | None = None) -> dict[str, Any] | None:
     number = parse_ref(ref, config.case_prefix)
     ticket = session.get(Ticket, number) if number is not None else None
     if ticket is None:
@@ -57,6 +58,8 @@ def show_ticket(session: Session, config: Config, ref: str) -> dict[str, Any] | 
                                          for a in m.attachments]}
                         for m in ticket.messages]
     view["events"] = [{"kind": e.kind, "at": iso(e.at, tz), "actor": e.actor, "data": e.data} for e in ticket.events]
+    view["sla"] = sla_view(session, config, ticket, now or utcnow())
+    view["followup"] = {"attempts": ticket.followup_attempts, "next_at": iso(ticket.next_followup_at, tz)}
     return view
 
 

@@ -46,11 +46,12 @@ class InboundMail(Base):
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
     processed_at: Mapped[datetime | None]
     auto_answer: Mapped[bool] = mapped_column(default=True, server_default=true())  # false: imported without --send-acks
-    imap_uidvalidity: Mapped[int | None] = mapped_column(BigInteger)   # where the IMAP door found it: a refetch
-    imap_uid: Mapped[int | None] = mapped_column(BigInteger)           # after a crash is a duplicate
+    imap_folder: Mapped[str | None] = mapped_column(String(255))       # where the IMAP door found it, so a
+    imap_uidvalidity: Mapped[int | None] = mapped_column(BigInteger)   # refetch after a crash is a duplicate
+    imap_uid: Mapped[int | None] = mapped_column(BigInteger)           # (UIDs are unique per folder only)
 
     __table_args__ = (Index("ix_inbound_mail_status_outcome", "status", "outcome"),
-                      UniqueConstraint("mailbox", "imap_uidvalidity", "imap_uid"))
+                      UniqueConstraint("mailbox", "imap_folder", "imap_uidvalidity", "imap_uid"))
 
 
 class ImapFetchFailure(Base):
@@ -60,10 +61,11 @@ class ImapFetchFailure(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     mailbox: Mapped[str] = mapped_column(String(320))
+    folder: Mapped[str] = mapped_column(String(255))
     uidvalidity: Mapped[int] = mapped_column(BigInteger)
     uid: Mapped[int] = mapped_column(BigInteger)
     failures: Mapped[int]
     last_error: Mapped[str] = mapped_column(Text)
     last_failed_at: Mapped[datetime]
 
-    __table_args__ = (UniqueConstraint("mailbox", "uidvalidity", "uid"),)
+    __table_args__ = (UniqueConstraint("mailbox", "folder", "uidvalidity", "uid"),)

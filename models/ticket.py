@@ -46,6 +46,14 @@ class Ticket(Base):
     resolved_at: Mapped[datetime | None]
     closed_at: Mapped[datetime | None]
     previous_ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
+    notify: Mapped[list[str]] = mapped_column(default=list)          # the routing rule's notify addresses
+    # When each sweep looks at the case next (docs/sla.md); the sweep then decides from its history.
+    sla_warn_at: Mapped[datetime | None] = mapped_column(index=True)
+    sla_warned_at: Mapped[datetime | None]
+    sla_breached_at: Mapped[datetime | None]                          # when the breach notice went out
+    next_followup_at: Mapped[datetime | None] = mapped_column(index=True)
+    followup_attempts: Mapped[int] = mapped_column(default=0)
+    next_sev1_reminder_at: Mapped[datetime | None] = mapped_column(index=True)
 
     participants: Mapped[list["Participant"]] = relationship(back_populates="ticket", order_by="Participant.id")
     messages: Mapped[list["Message"]] = relationship(back_populates="ticket", order_by="Message.id")

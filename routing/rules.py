@@ -2,15 +2,17 @@
 
 A rule's conditions are checked in a fixed order and the first one that does not hold is
 named, so `intake routing explain` can say why a rule did not match. Rules with
-`stop = false` contribute their tags and go on to the next rule.
+`stop = false` contribute their tags and notify addresses and go on to the next rule.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from routing.policy import domain_matches
+
+STRING_CONDITIONS = ("mailbox", "recipient", "sender", "sender_domain", "organization", "tier")
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class Facts:
     subject: str
     body: str
     has_attachment: bool
-    headers: Mapping[str, tuple[str, ...]]
+    headers: Mapping[str, tuple[str, ...]]     # lower-cased names
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Actions:
 
 @dataclass(frozen=True)
 class Match:
+    """All given conditions must hold; an empty Match matches every mail."""
     mailbox: tuple[str, ...] = ()
     recipient: tuple[str, ...] = ()
     sender: tuple[str, ...] = ()
@@ -53,7 +56,11 @@ class Match:
     subject: re.Pattern[str] | None = None
     body: re.Pattern[str] | None = None
     has_attachment: bool | None = None
-    header: tuple[tuple[str, re.Pattern[str]], ...] = ()
+    header: tuple[tuple[str, re.Pattern[str] | None], ...] = ()   # None: the header is present
+
+    @property
+    def is_catch_all(self) -> bool:
+        return self == Match()
 
     def first_failure(self, facts: Facts) -> str | None:
         """The name of the first condition that does not hold, or None when all hold."""
@@ -62,19 +69,15 @@ class Match:
                 return name
         return None
 
-    def _conditions(self, f: Facts):  # type: ignore[no-untyped-def]
-        def listed(values: tuple[str, ...], fact: str | None) -> bool:
-            return fact is not None and fact.lower() in {v.lower() for v in values}
-
-        checks = [
-            ("mailbox", bool(self.mailbox), lambda: listed(self.mailbox, f.mailbox)),
-            ("recipient", bool(self.recipient),
-             lambda: any(listed(self.recipient, _without_plus(r)) or listed(self.recipient, r) for r in f.recipients)),
-            ("sender", bool(self.sender), lambda: listed(self.sender, f.sender)),
+    def _conditions(self, f: Facts) -> Iterator[tuple[str, Callable[[], bool]]]:
+        checks: list[tuple[str, bool, Callable[[], bool]]] = [
+            ("mailbox", bool(self.mailbox), lambda: _listed(self.mailbox, f.mailbox)),
+            ("recipient", bool(self.recipient), lambda: any(_recipient_listed(self.recipient, r) for r in f.recipients)),
+            ("sender", bool(self.sender), lambda: _listed(self.sender, f.sender)),
             ("sender_domain", bool(self.sender_domain),
              lambda: any(domain_matches(f.sender_domain, d) for d in self.sender_domain)),
-            ("organization", bool(self.organization), lambda: listed(self.organization, f.organization)),
-            ("tier", bool(self.tier), lambda: listed(self.tier, f.tier)),
+            ("organization", bool(self.organization), lambda: _listed(self.organization, f.organization)),
+            ("tier", bool(self.tier), lambda: _listed(self.tier, f.tier)),
             ("severity", bool(self.severity), lambda: f.severity in self.severity),
             ("subject", self.subject is not None, lambda: bool(self.subject and self.subject.search(f.subject))),
             ("body", self.body is not None, lambda: bool(self.body and self.body.search(f.body))),
@@ -84,11 +87,48 @@ class Match:
             if present:
                 yield name, holds
         for header, pattern in self.header:
-            yield f"header.{header}", (lambda h=header, p=pattern: any(
-                p.search(v) for v in f.headers.get(h.lower(), ())))
+            yield f"header.{header}", (lambda h=header, p=pattern: _header_holds(f.headers.get(h.lower(), ()), p))
+
+    def covers(self, other: Match) -> bool:
+        """True when every mail `other` matches is matched by this one too, so a rule with `other`
+        placed after a stopping rule with this match can never decide. Sound, not complete: it
+        compares the conditions as written (regular expressions only when identical)."""
+        for name in (*STRING_CONDITIONS, "severity"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine and not (theirs and all(_value_covered(name, mine, v) for v in theirs)):
+                return False
+        for name in ("subject", "body", "has_attachment"):
+            if getattr(self, name) is not None and getattr(self, name) != getattr(other, name):
+                return False
+        theirs_headers = {(n.lower(), p) for n, p in other.header}
+        return all((n.lower(), p) in theirs_headers or (p is None and any(n.lower() == t for t, _ in theirs_headers))
+                   for n, p in self.header)
 
 
-def _without_plus(address: str) -> str:
+def _listed(values: tuple[str, ...], fact: str | None) -> bool:
+    return fact is not None and fact.lower() in {v.lower() for v in values}
+
+
+def _recipient_listed(values: tuple[str, ...], address: str) -> bool:
+    """`support@x` in a rule matches `support+billing@x`; `support+billing@x` matches only itself."""
+    return _listed(values, address) or _listed(values, without_plus(address))
+
+
+def _header_holds(values: tuple[str, ...], pattern: re.Pattern[str] | None) -> bool:
+    return bool(values) if pattern is None else any(pattern.search(v) for v in values)
+
+
+def _value_covered(name: str, mine: tuple[str | int, ...], value: str | int) -> bool:
+    if name == "sender_domain":
+        return any(domain_matches(str(value).lower(), str(d)) for d in mine)
+    if name == "recipient":
+        return _recipient_listed(tuple(map(str, mine)), str(value))
+    if isinstance(value, str):
+        return _listed(tuple(map(str, mine)), value)
+    return value in mine
+
+
+def without_plus(address: str) -> str:
     local, _, domain = address.partition("@")
     return f"{local.split('+', 1)[0]}@{domain}"
 
@@ -105,7 +145,8 @@ class Rule:
 class RuleTrace:
     name: str
     matched: bool
-    failed: str | None
+    failed: str | None          # the first condition that did not hold
+    reached: bool = True        # False: after the deciding rule (shown by explain only)
 
 
 @dataclass(frozen=True)
@@ -114,27 +155,51 @@ class Routing:
     actions: Actions
     trace: tuple[RuleTrace, ...] = field(default=())
 
+    @property
+    def matched(self) -> tuple[str, ...]:
+        """Every rule that contributed: tag-collecting rules, then the deciding one."""
+        return tuple(t.name for t in self.trace if t.matched)
+
+    def record(self) -> dict[str, Any]:
+        """What a case keeps of its routing (the `routed` event): why it went where it went, even
+        after the rules have been changed."""
+        a = self.actions
+        return {"rule": self.rule, "matched": list(self.matched),
+                "not_matched": {t.name: t.failed for t in self.trace if not t.matched},
+                "queue": a.queue, "assignee": a.assignee, "tags": list(a.tags), "notify": list(a.notify)}
+
 
 def route(facts: Facts, rules: tuple[Rule, ...], default: Actions) -> Routing:
     """Evaluate rules in order; the first matching rule with `stop` decides, defaults fill the gaps."""
     trace: list[RuleTrace] = []
-    tags: list[str] = []
+    collected = Actions()
     for rule in rules:
         failed = rule.match.first_failure(facts)
         trace.append(RuleTrace(rule.name, failed is None, failed))
         if failed is not None:
             continue
-        tags.extend(t for t in rule.actions.tags if t not in tags)
+        collected = replace(collected, tags=_union(collected.tags, rule.actions.tags),
+                            notify=_union(collected.notify, rule.actions.notify))
         if rule.stop:
-            return Routing(rule.name, _merged(rule.actions, default, tags), tuple(trace))
-    return Routing("default", _merged(Actions(), default, tags), tuple(trace))
+            return Routing(rule.name, _merged(rule.actions, default, collected), tuple(trace))
+    return Routing("default", _merged(Actions(), default, collected), tuple(trace))
 
 
-def _merged(chosen: Actions, default: Actions, tags: list[str]) -> Actions:
+def full_trace(facts: Facts, rules: tuple[Rule, ...], routing: Routing) -> tuple[RuleTrace, ...]:
+    """The routing trace, plus what every rule after the deciding one would have said (not reached)."""
+    rest = [(rule, rule.match.first_failure(facts)) for rule in rules[len(routing.trace):]]
+    return routing.trace + tuple(RuleTrace(rule.name, failed is None, failed, reached=False) for rule, failed in rest)
+
+
+def _merged(chosen: Actions, default: Actions, collected: Actions) -> Actions:
     fill = {name: getattr(default, name) for name in ("queue", "assignee", "on_untagged", "on_unknown_sender")
             if getattr(chosen, name) is None}
-    all_tags = tuple(tags) + tuple(t for t in default.tags if t not in tags)
-    return replace(chosen, tags=all_tags, notify=chosen.notify or default.notify, **fill)
+    return replace(chosen, tags=_union(collected.tags, default.tags),
+                   notify=_union(collected.notify, () if chosen.notify else default.notify), **fill)
+
+
+def _union(first: tuple[str, ...], second: tuple[str, ...]) -> tuple[str, ...]:
+    return first + tuple(v for v in second if v not in first)
 
 
 def clamp_severity(severity: int, actions: Actions) -> int:

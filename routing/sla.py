@@ -55,6 +55,11 @@ class Duration:
     def __str__(self) -> str:
         return f"{self.amount}{self.unit}"
 
+    def describe(self) -> str:
+        """For people: `1 business day`, `4 hours`, `14 days`."""
+        name = {"h": "hour", "bd": "business day", "d": "day", "m": "minute"}[self.unit]
+        return f"{self.amount} {name}{'' if self.amount == 1 else 's'}"
+
 
 @lru_cache(maxsize=256)
 def _public_holidays(country: str, year: int) -> frozenset[date]:
@@ -141,6 +146,13 @@ class Calendar:
             raise ValueError(f"{day} is not an open day")
         return spans[0][0].astimezone(self._zone)
 
+    def next_start(self, moment: datetime) -> datetime:
+        """The first opening of an open day at or after `moment`."""
+        day = self.local_date(_utc(moment))
+        if self.is_open_day(day) and self.start_of_day(day) >= moment:
+            return self.start_of_day(day)
+        return self.start_of_day(self.next_open_day(day))
+
     def add_business_time(self, start: datetime, amount: timedelta) -> datetime:
         """The earliest moment by which `amount` of business time has passed since `start`."""
         if amount < _ZERO:
@@ -149,7 +161,7 @@ class Calendar:
         if amount == _ZERO:
             return moment.astimezone(self._zone)
         remaining = amount
-        for opens, closes in self._spans(self._local_date(moment), _SEARCH_DAYS):
+        for opens, closes in self._spans(self.local_date(moment), _SEARCH_DAYS):
             opens = max(opens, moment)
             if opens >= closes:
                 continue
@@ -163,13 +175,14 @@ class Calendar:
         first, last = _utc(start), _utc(end)
         if last <= first:
             return _ZERO
-        days = (self._local_date(last) - self._local_date(first)).days + 1
+        days = (self.local_date(last) - self.local_date(first)).days + 1
         total = _ZERO
-        for opens, closes in self._spans(self._local_date(first), days):
+        for opens, closes in self._spans(self.local_date(first), days):
             total += max(min(closes, last) - max(opens, first), _ZERO)
         return total
 
-    def _local_date(self, moment: datetime) -> date:
+    def local_date(self, moment: datetime) -> date:
+        """The calendar day `moment` falls on in this calendar's time zone."""
         return moment.astimezone(self._zone).date()
 
     def _spans(self, first: date, days: int) -> Iterator[_Span]:
@@ -186,11 +199,11 @@ class Calendar:
 
 def due_at(start: datetime, duration: Duration, clock: Clock, calendar: Calendar) -> datetime:
     """When `duration` from `start` runs out on `clock`; `bd` is always business time, `d` whole calendar days."""
-    clock = _effective_clock(duration, clock)
+    clock = effective_clock(duration, clock)
     if duration.unit == "d":
         wall = _utc(start).astimezone(calendar._zone) + duration.amount * _DAY   # same wall-clock time
         return _utc(wall).astimezone(calendar._zone)
-    return _advance(start, _clock_amount(duration, calendar), clock, calendar)
+    return _advance(start, clock_amount(duration, calendar), clock, calendar)
 
 
 def elapsed(start: datetime, end: datetime, clock: Clock, calendar: Calendar,
@@ -206,7 +219,7 @@ def due_with_pauses(start: datetime, duration: Duration, clock: Clock, calendar:
 
     A pause that starts after the deadline has passed changes nothing: that breach already happened.
     """
-    clock = _effective_clock(duration, clock)
+    clock = effective_clock(duration, clock)
     due = due_at(start, duration, clock, calendar)
     for paused_at, resumed_at in _merged(pauses, start, _NEVER):
         if paused_at >= due:
@@ -217,8 +230,8 @@ def due_with_pauses(start: datetime, duration: Duration, clock: Clock, calendar:
     return due
 
 
-def _effective_clock(duration: Duration, clock: Clock) -> Clock:
-    """Business days are business time even on a 24x7 tier; calendar days are plain elapsed time."""
+def effective_clock(duration: Duration, clock: Clock) -> Clock:
+    """The clock `duration` is measured on. Business days are business time even on a 24x7 tier; calendar days are plain elapsed time."""
     if clock not in get_args(Clock):
         raise ValueError(f"unknown clock {clock!r} (expected '24x7' or 'business')")
     if duration.unit == "bd":
@@ -226,7 +239,8 @@ def _effective_clock(duration: Duration, clock: Clock) -> Clock:
     return "24x7" if duration.unit == "d" else clock
 
 
-def _clock_amount(duration: Duration, calendar: Calendar) -> timedelta:
+def clock_amount(duration: Duration, calendar: Calendar) -> timedelta:
+    """How much time on its clock `duration` is (`1bd` on a 9-17 calendar: 8 h)."""
     if duration.unit == "bd":
         return duration.amount * calendar.business_day_length()
     if duration.unit == "h":

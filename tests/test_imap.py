@@ -130,7 +130,7 @@ def test_imap_settings_are_validated_and_errors_name_the_mailbox_and_key(tmp_pat
                      "[mailboxes.0] imap.processed_folder: must differ from folder"):
         assert expected in problems, problems
     path.write_text(SHIPPED_CONFIG.read_text().replace(
-        MAILBOX_LINE, MAILBOX_LINE + '\nimap = { host = "h", user = "u", password_env = "UNSET_AT_LOAD", tls = false }'))
+        MAILBOX_LINE, f'{MAILBOX_LINE}\nimap = {{ host = "h", user = "u", password_env = "UNSET", tls = false }}'))
     imap = load_config(path).mailboxes[0].imap
     assert imap is not None and (imap.port, imap.tls, imap.folder, imap.processed_folder) == (143, False, "INBOX", None)
     assert imap.password() is None          # reported by the poller when it connects, not here
@@ -150,7 +150,8 @@ def test_poll_once_records_every_outcome_moves_the_mail_and_a_second_run_finds_n
         tmp_path: Path, db_url: str, capture: CaptureServer, dovecot: Dovecot) -> None:
     config = imap_config(tmp_path, db_url, capture, dovecot)
     dovecot.append(make_mail(message_id="<first@acme.example>"))
-    dovecot.append(make_mail(subject="Re: [SEV-2] Replication lag on prod", headers={"In-Reply-To": "<first@acme.example>"}))
+    dovecot.append(make_mail(subject="Re: [SEV-2] Replication lag on prod",
+                             headers={"In-Reply-To": "<first@acme.example>"}))
     dovecot.append(make_mail(subject="Replication lag, no tag"))
     dovecot.append(make_mail(subject="[SEV-3] who are you", sender="someone@nowhere.example"))
     code, out = run_cli("--config", str(config), "poll", "--once")
@@ -162,9 +163,11 @@ def test_poll_once_records_every_outcome_moves_the_mail_and_a_second_run_finds_n
     assert count(db_url, OutboxMail, kind="acknowledgment") == 1 and count(db_url, OutboxMail, kind="rejection") == 1
     engine = make_engine(db_url)
     with engine.connect() as conn:
-        uids = conn.execute(select(InboundMail.imap_uid, InboundMail.imap_uidvalidity)).all()
+        origins = conn.execute(select(InboundMail.imap_folder, InboundMail.imap_uidvalidity,
+                                      InboundMail.imap_uid)).all()
     engine.dispose()
-    assert sorted(uid for uid, _ in uids) == [1, 2, 3, 4] and all(validity for _, validity in uids)
+    assert sorted(uid for _, _, uid in origins) == [1, 2, 3, 4]
+    assert all(folder == "INBOX" and validity for folder, validity, _ in origins)
 
     code, out = run_cli("--config", str(config), "poll", "--once", "--mailbox", SUPPORT)
     assert code == 0 and summary(out)["fetched"] == 0, out
@@ -191,7 +194,7 @@ def test_without_a_processed_folder_mail_is_flagged_seen_and_a_new_uidvalidity_o
         assert client.folder_status("Support", [b"UIDVALIDITY"])[b"UIDVALIDITY"] != before
     code, out = run_cli("--config", str(config), "poll", "--once")
     assert code == 0, out
-    assert summary(out) | {"duplicates": 2} == summary(out) and summary(out)["tickets"] == 0, out
+    assert summary(out).items() >= {"fetched": 2, "duplicates": 2, "tickets": 0}.items(), out
     assert all(SEEN in flags for flags in dovecot.messages("Support").values())
     assert count(db_url) == 2
 
@@ -208,7 +211,7 @@ def test_a_message_that_cannot_be_fetched_whole_goes_to_the_error_folder_after_m
     caplog.set_level(logging.WARNING, logger="intake.imap")
     code, out = run_cli("--config", str(config), "poll", "--once")
     assert code == 0, out
-    assert summary(out) | {"fetched": 1, "tickets": 1, "failed": 2} == summary(out), out
+    assert summary(out).items() >= {"fetched": 1, "tickets": 1, "failed": 2}.items(), out
     assert dovecot.messages() == {}
     assert list(dovecot.messages("Errors")) == [1] and len(dovecot.messages("Processed")) == 1
     assert re.search(rf"moved_to_error_folder mailbox={SUPPORT} folder=Errors uidvalidity=\d+ uid={broken} "
@@ -229,7 +232,7 @@ def test_killed_between_commit_and_flag_every_message_ends_as_exactly_one_record
 
     again = intake(config, "poll", "--once")
     assert again.returncode == 0, again.stderr
-    assert summary(again.stdout) | {"fetched": 3, "duplicates": 3, "tickets": 0} == summary(again.stdout)
+    assert summary(again.stdout).items() >= {"fetched": 3, "duplicates": 3, "tickets": 0}.items()
     assert dovecot.messages() == {} and len(dovecot.messages("Processed")) == 3
     assert count(db_url) == 3 and count(db_url, outcome=Outcome.TICKET.value) == 3
     assert count(db_url, OutboxMail, kind="acknowledgment") == 3    # one each
@@ -243,8 +246,8 @@ def test_poll_once_gives_up_on_a_refused_login_and_says_so(
     monkeypatch.setenv(PASSWORD_ENV, "not the password")
     dovecot.append(make_mail())
     code, out = run_cli("--config", str(config), "poll", "--once")
-    assert code == 1 and f"{SUPPORT}: gave up:" in out, out
-    assert len(dovecot.messages()) == 1 and count(db_url) == 0
+    assert code == 1 and f"{SUPPORT}: gave up: [AUTHENTICATIONFAILED]" in out, out
+    assert count(db_url) == 0
 
 
 # ---------------------------------------------------------------- serve: IDLE, polling, faults

@@ -397,3 +397,97 @@ def test_any_display_name_keeps_one_recipient(name: str) -> None:
 
     assert header_names(message) == BASE_HEADERS
     assert [a.addr_spec for a in message["To"].addresses] == ["dana@customer.example"]
+
+
+# -- wire format ---------------------------------------------------------------------------------
+
+
+def read_back(text: str) -> str:
+    """A body as a reader gets it: CRLF, CR and LF all end a line, and the last line is ended."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").removesuffix("\n") + "\n"
+
+
+def quoted(name: str, addr: str = "dana@customer.example") -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + f'" <{addr}>'
+
+
+@settings(max_examples=200, deadline=None)
+@given(subject=st.text(max_size=300))
+def test_subject_reads_back_exactly_in_short_lines(subject: str) -> None:
+    raw = build(subject=subject)
+
+    assert parse(raw)["Subject"] == header_text(subject)
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 78
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.text(max_size=120))
+def test_any_display_name_reads_back(name: str) -> None:
+    try:
+        raw = build(to=[quoted(name)])
+    except ValueError:
+        return
+    header = parse(raw)["To"]
+
+    assert not header.defects
+    # the stdlib reader puts a space between adjacent encoded words of a display name
+    assert "".join(header.addresses[0].display_name.split()) == "".join(header_text(name).split())
+
+
+@pytest.mark.parametrize(
+    "name",
+    ['Smith, John "JJ" \\ Jr.', "Dana  Scully", "=?not an encoded word", "Zoë Åström", "(comment) <x@y>"],
+)
+def test_display_names_read_back_exactly(name: str) -> None:
+    assert parse(build(to=[quoted(name)]))["To"].addresses[0].display_name == name
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=300), html=st.text(max_size=300))
+def test_any_body_reads_back_in_short_seven_bit_lines(text: str, html: str) -> None:
+    raw = build(text=text, html=html)
+
+    assert raw.isascii()
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 78
+    assert [content(part) for part in parse(raw).iter_parts()] == [read_back(text), read_back(html)]
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding"),
+    [
+        ("Hello Dana,\n", "7bit"),
+        ("Hej Åsa,\n", "quoted-printable"),
+        ("x" * 100 + "\n", "quoted-printable"),
+        ("bell\x07\n", "quoted-printable"),
+        ("請求書について\n" * 20, "base64"),
+    ],
+)
+def test_body_transfer_encoding(text: str, encoding: str) -> None:
+    message = parse(build(text=text))
+
+    assert message["Content-Transfer-Encoding"] == encoding
+    assert content(message) == text
+
+
+def test_many_recipients_are_folded_and_all_read_back() -> None:
+    recipients = [f"Customer Number {i} <customer{i}@mail.customer.example>" for i in range(30)]
+    raw = build(to=recipients, cc=recipients[:3])
+    message = parse(raw)
+
+    assert not message["To"].defects
+    assert [a.addr_spec for a in message["To"].addresses] == [f"customer{i}@mail.customer.example" for i in range(30)]
+    assert len(message["Cc"].addresses) == 3
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 78
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.text(max_size=200))
+def test_header_text_is_stable_when_read_again(value: str) -> None:
+    cleaned = header_text(value)
+
+    assert str(policy.default.header_factory("subject", cleaned)) == cleaned
+
+
+def test_header_line_over_998_octets_is_refused() -> None:
+    with pytest.raises(ValueError, match="refusing"):
+        build(extra_headers={"X-" + "a" * 1000: "value"})

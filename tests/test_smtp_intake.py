@@ -183,3 +183,30 @@ def test_unknown_recipient_is_refused_at_rcpt(service: RunningService) -> None:
         smtp.mail("ann@acme.example")
         code, _ = smtp.rcpt("nobody@elsewhere.example")
     assert code == 550
+
+
+@pytest.mark.parametrize(("subject", "severity"), [
+    ("SEV-1 db down", 1), ("SEV1 db down", 1), ("sev 2 lag", 2), ("Severity 3 slow", 3),
+    ("Severity level 4 typo", 4), ("severity: 2 lag", 2), ("SEVERITY-LEVEL-1 down", 1), ("Sev#2 lag", 2),
+    ("[S3] slow", 3), ("[P1] down", 1), ("(p2) lag", 2), ("[Critical] down", 1), ("(high) lag", 2),
+    ("[URGENT] down", 1), ("[Normal] slow", 3), ("Priority: High lag", 2), ("severity=low typo", 4),
+    ("Prio critical down", 1), ("Re: Fwd: AW: [SEV-2] lag", 2), ("[SEV-2] [High] replication lag", 2),
+    ("=?utf-8?b?W1NFVi0xXSBEYXRhYmFzZW4gw6RyIG5lcmU=?=", 1),          # utf-8, base64
+    ("=?iso-8859-1?q?Prio_critical_l=E4get?=", 1),                       # latin-1, quoted-printable
+    ("=?gb2312?b?W1AyXSDK/b7dv+K5ytXP?=", 2),                            # gb2312
+    ("=?koi8-r?q?=5BLow=5D_=F0=D2=C9=D7=C5=D4?=", 4),                    # koi8-r
+], ids=lambda value: str(value)[:30])
+def test_protocol_tag_forms_over_smtp(service: RunningService, subject: str, severity: int) -> None:
+    assert service.send(make_mail(subject=subject))[0] == 250
+    [ticket] = service.cli_json("tickets", "list")
+    assert ticket["severity"] == severity
+
+
+@pytest.mark.parametrize(("subject", "reason"), [
+    ("Low disk warning", "untagged"), ("SEV-1a down", "untagged"), ("[P10] down", "untagged"),
+    ("[S12] down", "untagged"), ("SEV-0 down", "invalid_level"), ("SEV-10 down", "invalid_level"),
+    ("Severity 12 down", "invalid_level"), ("[SEV-1] down Priority: Low", "ambiguous"),
+], ids=lambda value: str(value)[:30])
+def test_protocol_near_misses_over_smtp(service: RunningService, subject: str, reason: str) -> None:
+    assert service.send(make_mail(subject=subject))[0] == 250
+    assert [r["reason"] for r in service.cli_json("rejected", "list")] == [reason]

@@ -1,0 +1,98 @@
+"""Hostile and broken mail: whatever the bytes, the pipeline ends every stored mail with an
+outcome (a case, a reply, a rejection, a hold, a bounce), never an escaped exception and
+never a quarantine caused by our own code."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from intake.config import load_config
+from intake.pipeline import ingest
+from intake.service import build_services
+from intake.store import Envelope
+from tests.conftest import free_port, write_config
+
+pytestmark = pytest.mark.integration
+EXAMPLES = int(os.environ.get("INTAKE_FUZZ_EXAMPLES", "300"))
+CORPUS = sorted((Path(__file__).resolve().parents[2] / "shared" / "corpus").rglob("*.eml"))
+ENVELOPE = Envelope(door="smtp", mailbox="support@example.com", sender="ann@acme.example",
+                    recipients=("support@example.com",))
+
+header_names = st.sampled_from(["Subject", "From", "To", "Cc", "Message-ID", "In-Reply-To", "References",
+                                "Content-Type", "Content-Transfer-Encoding", "Auto-Submitted", "X-Weird"])
+header_values = st.one_of(
+    st.text(max_size=300),
+    st.binary(max_size=300).map(lambda b: b.decode("latin-1")),
+    st.sampled_from(["=?x-unknown?q?=FF=00?=", "=?utf-8?b?////?=", "=?utf-8?q?a=0D=0ABcc:_x@y?=",
+                     'multipart/mixed; boundary=""', "multipart/alternative", "text/plain; charset=bogus",
+                     "base64", "quoted-printable", "<>", "<a@b> <c@d>", "x" * 5000]),
+)
+charsets = st.sampled_from(["utf-8", "iso-8859-1", "gb2312", "x-bogus", "", "utf-7", "us-ascii"])
+
+
+@st.composite
+def mime_part(draw: st.DrawFn, depth: int = 0) -> bytes:
+    if depth < 4 and draw(st.booleans()):
+        boundary = draw(st.sampled_from(["b1", "b2", "=_x", "", "a" * 80]))
+        children = draw(st.lists(mime_part(depth + 1), max_size=4))
+        closing = draw(st.sampled_from([b"--\r\n", b"\r\n", b""]))   # sometimes never closed
+        body = b"".join(b"--" + boundary.encode() + b"\r\n" + child for child in children)
+        return (f'Content-Type: multipart/{draw(st.sampled_from(["mixed", "alternative", "report", "related"]))};'
+                f' boundary="{boundary}"\r\n\r\n').encode() + body + b"--" + boundary.encode() + closing
+    charset = draw(charsets)
+    kind = draw(st.sampled_from(["text/plain", "text/html", "application/octet-stream", "message/rfc822"]))
+    encoding = draw(st.sampled_from(["7bit", "8bit", "base64", "quoted-printable", "x-uuencode"]))
+    name = draw(st.sampled_from(["", '; name="../../etc/passwd"', '; name="a\r\n b.txt"', '; name="=?utf-8?q?x?="']))
+    payload = draw(st.binary(max_size=400))
+    return (f"Content-Type: {kind}; charset={charset}{name}\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n"
+            ).encode() + payload + b"\r\n"
+
+
+@st.composite
+def weird_mail(draw: st.DrawFn) -> bytes:
+    headers = draw(st.lists(st.tuples(header_names, header_values), max_size=12))
+    lines = [f"{name}: {value}".encode("utf-8", "surrogateescape") for name, value in headers]
+    lines.insert(0, b"Subject: [SEV-" + str(draw(st.integers(0, 5))).encode() + b"] fuzz")
+    return b"\r\n".join(lines) + b"\r\n" + draw(mime_part())
+
+
+@st.composite
+def mutated_corpus_mail(draw: st.DrawFn) -> bytes:
+    raw = bytearray(Path(draw(st.sampled_from(CORPUS))).read_bytes() if CORPUS else b"Subject: x\r\n\r\nbody")
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    for _ in range(draw(st.integers(1, 8))):
+        position = rng.randrange(len(raw) or 1)
+        action = rng.choice(["flip", "cut", "dup", "nul"])
+        if action == "flip" and raw:
+            raw[position] = rng.randrange(256)
+        elif action == "cut":
+            del raw[position:position + rng.randrange(200)]
+        elif action == "dup":
+            raw[position:position] = raw[position:position + rng.randrange(300)]
+        else:
+            raw[position:position] = b"\x00"
+    return bytes(raw)
+
+
+@pytest.fixture
+def services(tmp_path: Path, db_url: str):  # type: ignore[no-untyped-def]
+    config = load_config(write_config(tmp_path, db_url, free_port(), free_port(),
+                                      replace={'on_unknown_sender = "hold"': 'on_unknown_sender = "accept"'}))
+    built = build_services(config)
+    yield built
+    built.sessions.kw["bind"].dispose()
+
+
+@pytest.mark.parametrize("strategy", [weird_mail(), mutated_corpus_mail()], ids=["built", "mutated-corpus"])
+def test_every_mail_ends_with_an_outcome(services, strategy) -> None:  # type: ignore[no-untyped-def]
+    @settings(max_examples=EXAMPLES, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(strategy)
+    def check(raw: bytes) -> None:
+        result = ingest(services, raw, ENVELOPE)
+        assert result.duplicate or result.outcome is not None, result
+    check()
