@@ -63,7 +63,16 @@ def read_routing(b: _Builder, parts: Mapping[str, Any]) -> dict[str, Any]:
     rules = [reader.rule(i, entry) for i, entry in enumerate(r.get("rules", list, []))]
     r.finish()
     reader.check_reachable(rules)
+    _check_staff_queues(b, parts["staff"], queues)
     return {"queues": queues, "default_actions": default, "rules": tuple(rules)}
+
+
+def _check_staff_queues(b: _Builder, staff: Any, queues: tuple[str, ...]) -> None:
+    """A staff member listening to a queue that does not exist would silently hear nothing."""
+    for i, member in enumerate(staff):
+        for queue in member.queues:
+            if queue not in queues:
+                b.problem(f"staff.members.{i}", "queues", f"{queue!r} is not in [routing] queues")
 
 
 def _queues(r: _Section) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from intake.config import ImapConfig, MailboxConfig
 from intake.crashpoints import crash_point
 from intake.importer import Summary
 from intake.pipeline import Services, ingest
+from intake.reload import ServicesHolder, holding
 from intake.store import Envelope, ImapOrigin
 from models.db import unit_of_work
 from models.mail import ImapFetchFailure
@@ -204,15 +205,21 @@ class ImapPoller:
     """Watches one mailbox: drains what is waiting, then IDLEs (or sleeps `poll_seconds` when the
     server has no IDLE); every failure is logged once per state change and retried with backoff."""
 
-    def __init__(self, services: Services, mailbox: MailboxConfig, connect: Connect = ImapClientMailbox) -> None:
+    def __init__(self, services: Services | ServicesHolder, mailbox: MailboxConfig,
+                 connect: Connect = ImapClientMailbox) -> None:
         if mailbox.imap is None:
             raise ValueError(f"{mailbox.address} has no imap settings")
-        self.services, self.address, self.settings = services, mailbox.address, mailbox.imap
+        self.holder, self.address, self.settings = holding(services), mailbox.address, mailbox.imap
         self._connect = connect
         self._mailbox: Mailbox | None = None
         self._uidvalidity: int | None = None
         self._state = "starting"
         self._suspects: set[int] = set()    # a batch whose FETCH broke the connection: fetched one by one
+
+    @property
+    def services(self) -> Services:
+        """Read per use: after a reload the next message is processed under the new config."""
+        return self.holder.current
 
     def run(self, stopping: threading.Event) -> None:
         """Until `stopping` is set; never raises, so one mailbox's trouble leaves the others alone."""
@@ -411,10 +418,12 @@ def fetch_failures(services: Services, mailbox: str, folder: str, uidvalidity: i
         return {uid: (failures, error) for uid, failures, error in rows}
 
 
-def start_pollers(services: Services, stopping: threading.Event) -> list[threading.Thread]:
-    """A thread per mailbox with an `imap` table, each ending when `stopping` is set."""
+def start_pollers(services: Services | ServicesHolder, stopping: threading.Event) -> list[threading.Thread]:
+    """A thread per mailbox with an `imap` table, each ending when `stopping` is set. Connection
+    settings are read once (a change needs a restart); each mail is processed under the config
+    current when it is fetched, so a SIGHUP reload reaches this door too."""
     threads = []
-    for mailbox in services.config.mailboxes:
+    for mailbox in holding(services).current.config.mailboxes:
         if mailbox.imap is not None:
             poller = ImapPoller(services, mailbox)
             thread = threading.Thread(target=poller.run, args=(stopping,), name=f"imap-{mailbox.address}", daemon=True)

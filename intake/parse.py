@@ -307,11 +307,15 @@ def _decode_bytes(data: bytes, charset: str | None) -> str:
         return data.decode("cp1252", "replace")
 
 
+MAX_MESSAGE_ID = 255
+
+
 def _message_ids(values: tuple[str, ...]) -> tuple[str, ...]:
     ids: list[str] = []
     for value in values:
         ids.extend(_MSGID.findall(value) or value.translate(_NO_BRACKETS).split())
-    cleaned = ("".join(found.split()) for found in ids)
+    # capped like the store's dedupe key, so one id compares equal wherever it is kept
+    cleaned = ("".join(found.split())[:MAX_MESSAGE_ID] for found in ids)
     return tuple(dict.fromkeys(found for found in cleaned if found))
 
 

@@ -58,7 +58,7 @@ def serve(config: Config) -> None:
     scheduler = start_scheduler({"resume_received": resume, "sweeps": sweeps})
     worker = threading.Thread(target=outbox_worker, args=(holder, stopping), name="outbox", daemon=True)
     worker.start()
-    pollers = start_pollers(services, stopping)
+    pollers = start_pollers(holder, stopping)
     print(f"intake serving SMTP on {config.smtp_host}:{config.smtp_port}", flush=True)
     signals.run(stopping, lambda: holder.reload(config.path, outbox_for))
     listener.stop()

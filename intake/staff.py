@@ -184,14 +184,23 @@ def queue_staff(config: Config, ticket: Ticket) -> list[str]:
 
 def notify_staff(session: Session, ctx: Context, ticket: Ticket, inbound: InboundMail, message: Message,
                  event: str, exclude: str | None = None) -> None:
-    """One notification per staff member, each with its own secret reply address."""
-    for address in queue_staff(ctx.config, ticket):
+    """One notification per staff member, each with its own secret reply address; on a new case
+    the routing rule's `notify` addresses get one too, without a reply address (they are not staff).
+    Imported mail (answers switched off) is history, not news: nobody is notified."""
+    if not inbound.auto_answer:
+        return
+    staff = queue_staff(ctx.config, ticket)
+    watchers = [a for a in ticket.notify if a.lower() not in staff] if event == "new_case" else []
+    for address in [*staff, *watchers]:
         if address == exclude:
             continue
+        is_staff_member = address in staff
         ctx.outbox.enqueue(session, Outgoing(
             kind="staff_notification", dedupe_key=f"staff_notification:{inbound.id}:{event}:{address}",
             to=(address,), ticket_id=ticket.id, inbound_id=inbound.id, record_on_ticket=False,
-            automatic=False, auto_submitted="auto-generated", reply_to=issue_token(session, ctx, ticket, address),
+            automatic=False, auto_submitted="auto-generated",
+            reply_to=issue_token(session, ctx, ticket, address) if is_staff_member else None,
             context={"ticket": ticket_context(ctx, ticket), "event": event, "author": message.author,
                      "body": visible_text(message.body_text), "requester": ticket.requester,
-                     "participants": [p.address for p in ticket.participants], "commands": list(HELP)}), ctx.now)
+                     "participants": [p.address for p in ticket.participants], "commands": list(HELP),
+                     "can_reply": is_staff_member}), ctx.now)

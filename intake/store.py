@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from intake.crashpoints import crash_point
+from intake.parse import MAX_MESSAGE_ID
 from models import InboundMail
 from models.db import unit_of_work
 
@@ -73,7 +74,7 @@ def header_message_id(raw: bytes) -> str | None:
     text = str(value).strip().strip("<>").strip()
     if not text or any(c.isspace() or not c.isprintable() for c in text):
         return None     # a broken id cannot be a dedupe key (and NUL cannot be stored in PostgreSQL)
-    return text[:255]
+    return text[:MAX_MESSAGE_ID]
 
 
 def store(sessions: sessionmaker[Session], raw: bytes, envelope: Envelope, now: datetime) -> Stored:

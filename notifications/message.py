@@ -129,7 +129,8 @@ def build_message(
     boundary = _boundary(parts)
     fields.append(_field("Content-Type", [" multipart/alternative;", f' boundary="{boundary}"']))
     delimiter = b"--" + boundary.encode()
-    return _assemble(fields, b"\r\n".join([delimiter, parts[0], delimiter, parts[1], delimiter + b"--\r\n"]))
+    body = b"\r\n".join([delimiter, parts[0], delimiter, parts[1], delimiter + b"--\r\n"])
+    return _assemble(fields, body)
 
 
 def _scrub(value: str) -> str:

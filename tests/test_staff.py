@@ -185,3 +185,14 @@ def test_staff_out_of_office_never_reaches_the_customer(staffed: RunningService,
     capture.wait_for(2, timeout=1)
     assert len(capture.mails) == 1
     assert staffed.cli_json("tickets", "show", "CASE-1")["status"] == "open"
+
+
+def test_routing_notify_addresses_hear_of_new_cases_without_a_reply_address(
+        service: RunningService, capture: CaptureServer) -> None:
+    assert service.send(make_mail(subject="[SEV-1] production down"))[0] == 250
+    capture.wait_for(1)
+    deadline_mails = capture.wait_for(2, staff=True, timeout=2)   # alice only: oncall is no staff member
+    assert [m.recipients for m in deadline_mails] == [["alice@example.com"]]
+    [pager] = [m for m in capture.all_mails if m.recipients == ["oncall@example.com"]]
+    assert pager.message["Reply-To"] is None
+    assert "routing rule" in pager.message.get_body(("plain",)).get_content()
