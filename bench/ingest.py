@@ -1,11 +1,21 @@
-"""Ingest benchmark: N mails over SMTP from C concurrent clients into a running `intake serve`.
+"""Ingest benchmark: mails over SMTP into a running `intake serve`, on SQLite or PostgreSQL.
 
-Prints mails/s accepted (DATA -> 250), fully processed (case + rendered acknowledgment in the
-outbox), acknowledgments delivered to a capture relay, DATA->250 latency percentiles, the
-server's peak RSS, and two ceilings measured in the same run: the stdlib parse rate and a bare
-durable SQLite commit rate. Run on demand:
+Two runs, each against a fresh database and a fresh server, with a capture relay in this
+process standing in for the outbound relay:
 
-    .venv/bin/python bench/ingest.py [--mails 2000] [--clients 4] [--database sqlite|postgresql]
+- full load: N mails from C concurrent clients, each sending as soon as its last mail was
+  answered. Prints mails/s accepted (DATA -> 250), fully processed (case + rendered
+  acknowledgment in the outbox) and delivered (every outbox row at the relay), the DATA->250
+  percentiles, and the server's peak RSS;
+- paced: mails offered on a fixed schedule (default 50/s) from enough clients that a slow
+  answer does not hold back the next mail; prints the DATA->250 percentiles at that load.
+
+Then the ceilings, measured on the same machine in the same run: mail-parser and stdlib parse
+rates and a bare durable commit rate (SQLite; PostgreSQL too when benchmarking it), with the
+processed rate as a fraction of each. Run on demand, not in the test suite:
+
+    .venv/bin/python bench/ingest.py [--mails 2000] [--clients 4] [--rate 50] [--paced-mails 500]
+                                     [--database sqlite|postgresql] [--pg-url URL]
 """
 from __future__ import annotations
 
@@ -16,19 +26,23 @@ import random
 import smtplib
 import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 
+import mailparser
+import psycopg
 from aiosmtpd.controller import Controller
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import Engine, create_engine, func, select, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,6 +50,7 @@ from models import InboundMail, InboundStatus, OutboxMail  # noqa: E402
 
 SUBJECTS = ["Replication lag on prod", "Login fails for some users", "Export is slow",
             "Fråga om licensen", "Ошибка при входе", "請求書について", "Disk usage alert"]
+LATE_SECONDS = 0.005        # a paced mail that starts later than this after its slot counts as late
 
 
 def corpus(n: int, seed: int = 7) -> list[bytes]:
@@ -47,7 +62,7 @@ def corpus(n: int, seed: int = 7) -> list[bytes]:
         msg["From"] = f"User {i} <user{i % 97}@acme.example>"
         msg["To"] = "support@example.com"
         msg["Subject"] = f"[SEV-{rng.randint(1, 4)}] {rng.choice(SUBJECTS)} #{i}"
-        msg["Message-ID"] = f"<bench-{i}-{rng.getrandbits(40)}@acme.example>"
+        msg["Message-ID"] = f"<bench-{seed}-{i}-{rng.getrandbits(40)}@acme.example>"
         body = "\n".join(f"Line {j}: the service answers slowly since the upgrade." for j in range(rng.randint(5, 60)))
         msg.set_content(body)
         if rng.random() < 0.5:
@@ -60,6 +75,8 @@ def corpus(n: int, seed: int = 7) -> list[bytes]:
 
 
 class Sink:
+    """The capture relay: counts what the outbox worker delivers."""
+
     def __init__(self) -> None:
         self.count = 0
         self.lock = threading.Lock()
@@ -96,7 +113,43 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise SystemExit("listener did not start")
 
 
+@dataclass
+class Options:
+    database: str
+    pg_url: str
+    tmp: Path
+    relay_port: int
+
+
+def fresh_database(opts: Options, name: str) -> str:
+    if opts.database == "sqlite":
+        return f"sqlite:///{opts.tmp / f'{name}.db'}"
+    admin = create_engine(opts.pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return opts.pg_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@contextmanager
+def serving(opts: Options, url: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """`intake serve` on a free port against `url`; stopped (SIGTERM) on leaving."""
+    port = free_port()
+    folder = Path(tempfile.mkdtemp(dir=opts.tmp))
+    config = write_config(folder, url, port, opts.relay_port)
+    server = subprocess.Popen([sys.executable, "-m", "intake", "--config", str(config), "serve"], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield port, server
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def send_all(port: int, mails: list[bytes], clients: int) -> list[float]:
+    """Each client sends its share back to back; returns the DATA->250 latencies."""
     chunks = [mails[i::clients] for i in range(clients)]
 
     def client(chunk: list[bytes]) -> list[float]:
@@ -104,16 +157,74 @@ def send_all(port: int, mails: list[bytes], clients: int) -> list[float]:
         with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
             smtp.ehlo()
             for raw in chunk:
-                smtp.mail("user@acme.example")
-                smtp.rcpt("support@example.com")
-                started = time.perf_counter()
-                code, _ = smtp.data(raw)
-                latencies.append(time.perf_counter() - started)
-                assert code == 250, code
+                latencies.append(_send(smtp, raw))
         return latencies
 
     with ThreadPoolExecutor(clients) as pool:
         return [lat for part in pool.map(client, chunks) for lat in part]
+
+
+def send_paced(port: int, mails: list[bytes], rate: float, clients: int) -> tuple[list[float], int]:
+    """Mail i is offered at start + i / rate by whichever client is free; returns the DATA->250
+    latencies and how many mails started late because every client was still busy."""
+    lock = threading.Lock()
+    state = {"next": 0, "late": 0}
+    start = time.perf_counter() + 0.5
+
+    def client() -> list[float]:
+        latencies = []
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+            smtp.ehlo()
+            while True:
+                with lock:
+                    index = state["next"]
+                    state["next"] += 1
+                if index >= len(mails):
+                    return latencies
+                wait = start + index / rate - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                elif wait < -LATE_SECONDS:
+                    with lock:
+                        state["late"] += 1
+                latencies.append(_send(smtp, mails[index]))
+
+    with ThreadPoolExecutor(clients) as pool:
+        parts = [pool.submit(client) for _ in range(clients)]
+        return [lat for part in parts for lat in part.result()], state["late"]
+
+
+def _send(smtp: smtplib.SMTP, raw: bytes) -> float:
+    smtp.mail("user@acme.example")
+    smtp.rcpt("support@example.com")
+    started = time.perf_counter()
+    code, _ = smtp.data(raw)
+    assert code == 250, code
+    return time.perf_counter() - started
+
+
+def wait_finished(engine: Engine, mails: int, sink: Sink, delivered_before: int,
+                  started: float) -> tuple[float | None, float | None]:
+    """Seconds from `started` until every mail was processed (no `received` row left, an
+    acknowledgment per mail in the outbox) and until every outbox row reached the relay."""
+    processed = delivered = None
+    outbox_rows = 0
+    deadline = time.monotonic() + 600
+    with engine.connect() as conn:
+        while time.monotonic() < deadline and delivered is None:
+            if processed is None:
+                left = conn.execute(select(func.count()).select_from(InboundMail).where(
+                    InboundMail.status == InboundStatus.RECEIVED)).scalar()
+                acks = conn.execute(select(func.count()).select_from(OutboxMail).where(
+                    OutboxMail.kind == "acknowledgment")).scalar() or 0
+                if left == 0 and acks >= mails:
+                    processed = time.perf_counter() - started
+                    outbox_rows = conn.execute(select(func.count()).select_from(OutboxMail)).scalar() or 0
+            if processed is not None and sink.count - delivered_before >= outbox_rows:
+                delivered = time.perf_counter() - started
+            conn.rollback()
+            time.sleep(0.01)
+    return processed, delivered
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -123,86 +234,103 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def ceilings(mails: list[bytes], tmp: Path) -> tuple[float, float]:
+def percentile(latencies: list[float], p: float) -> float:
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
+
+
+def ceilings(mails: list[bytes], tmp: Path, pg_url: str | None) -> dict[str, float]:
+    """What the pieces alone do on this machine: parse rates, and one durable commit per mail."""
+    rates: dict[str, float] = {}
+    started = time.perf_counter()
+    for raw in mails:
+        mailparser.parse_from_bytes(raw)
+    rates["mail-parser parse"] = len(mails) / (time.perf_counter() - started)
     started = time.perf_counter()
     for raw in mails:
         message_from_bytes(raw, policy=policy.default).get_body(("plain", "html"))
-    parse_rate = len(mails) / (time.perf_counter() - started)
+    rates["stdlib parse"] = len(mails) / (time.perf_counter() - started)
+    sample = mails[:500]
     db = sqlite3.connect(tmp / "bare.db", isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     db.execute("CREATE TABLE m (id INTEGER PRIMARY KEY, raw BLOB)")
     started = time.perf_counter()
-    for raw in mails[:500]:
+    for raw in sample:
         db.execute("BEGIN")
         db.execute("INSERT INTO m (raw) VALUES (?)", (raw,))
         db.execute("COMMIT")
-    return parse_rate, min(len(mails), 500) / (time.perf_counter() - started)
+    rates["bare durable SQLite commit"] = len(sample) / (time.perf_counter() - started)
+    db.close()
+    if pg_url is not None:
+        with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://")) as pg:
+            pg.execute("CREATE TEMP TABLE m (id serial PRIMARY KEY, raw bytea)")
+            pg.commit()
+            started = time.perf_counter()
+            for raw in sample:
+                pg.execute("INSERT INTO m (raw) VALUES (%s)", (raw,))
+                pg.commit()
+            rates["bare PostgreSQL commit"] = len(sample) / (time.perf_counter() - started)
+    return rates
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mails", type=int, default=2000)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--mails", type=int, default=2000, help="mails in the full-load run")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients in the full-load run")
+    parser.add_argument("--rate", type=float, default=50.0, help="mails/s offered in the paced run (0: skip it)")
+    parser.add_argument("--paced-mails", type=int, default=500)
+    parser.add_argument("--paced-clients", type=int, default=8)
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
-    parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+                        help="an existing database; the benchmark creates and drops its own beside it")
     args = parser.parse_args()
     mails = corpus(args.mails)
-    tmp = Path(tempfile.mkdtemp(prefix="intake-bench-"))
-    url = f"sqlite:///{tmp / 'bench.db'}"
-    if args.database == "postgresql":
-        admin = create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text("DROP DATABASE IF EXISTS intake_bench WITH (FORCE)"))
-            conn.execute(text("CREATE DATABASE intake_bench"))
-        url = args.pg_url.rsplit("/", 1)[0] + "/intake_bench"
     sink = Sink()
     relay = Controller(sink, hostname="127.0.0.1", port=free_port())
     relay.start()
-    port = free_port()
-    config = write_config(tmp, url, port, relay.port)
-    server = subprocess.Popen([sys.executable, "-m", "intake", "--config", str(config), "serve"], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    opts = Options(args.database, args.pg_url, Path(tempfile.mkdtemp(prefix="intake-bench-")), relay.port)
+    load_before = os.getloadavg()
     try:
-        wait_port(port)
-        engine = create_engine(url)
-        started = time.perf_counter()
-        latencies = send_all(port, mails, args.clients)
-        accepted = time.perf_counter() - started
-        processed = delivered = None
-        deadline = time.monotonic() + 600
-        with engine.connect() as conn:
-            while time.monotonic() < deadline and (processed is None or delivered is None):
-                if processed is None:
-                    left = conn.execute(select(func.count()).select_from(InboundMail).where(
-                        InboundMail.status == InboundStatus.RECEIVED)).scalar()
-                    acks = conn.execute(select(func.count()).select_from(OutboxMail).where(
-                        OutboxMail.kind == "acknowledgment")).scalar()
-                    if left == 0 and acks >= len(mails):
-                        processed = time.perf_counter() - started
-                if processed is not None and sink.count >= 2 * len(mails):   # acks + staff notifications
-                    delivered = time.perf_counter() - started
-                conn.rollback()
-                time.sleep(0.02)
-        rss = peak_rss_mb(server.pid)
+        url = fresh_database(opts, "intake_bench_load")
+        with serving(opts, url) as (port, server):
+            engine = create_engine(url)
+            started = time.perf_counter()
+            latencies = send_all(port, mails, args.clients)
+            accepted = time.perf_counter() - started
+            processed, delivered = wait_finished(engine, len(mails), sink, 0, started)
+            rss = peak_rss_mb(server.pid)
+            engine.dispose()
+        paced: tuple[list[float], int] | None = None
+        if args.rate > 0:
+            url = fresh_database(opts, "intake_bench_paced")
+            with serving(opts, url) as (port, _):
+                paced = send_paced(port, corpus(args.paced_mails, seed=11), args.rate, args.paced_clients)
     finally:
-        server.terminate()
-        server.wait(30)
         relay.stop()
-    parse_rate, commit_rate = ceilings(mails, tmp)
-    latencies.sort()
-    pct = lambda p: latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000  # noqa: E731
+    load_after = os.getloadavg()
+    rates = ceilings(mails, opts.tmp, args.pg_url if args.database == "postgresql" else None)
+
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"{platform.platform()}")
-    print(f"database: {args.database}; mails: {len(mails)}; clients: {args.clients}")
-    print(f"accepted:  {len(mails) / accepted:8.1f} mails/s (DATA->250 p50 {pct(0.5):.1f} ms, p99 {pct(0.99):.1f} ms, "
-          f"mean {statistics.mean(latencies) * 1000:.1f} ms)")
+          f"{platform.platform()}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print(f"database: {args.database}; full load: {len(mails)} mails from {args.clients} clients")
+    print(f"accepted:  {len(mails) / accepted:8.1f} mails/s (DATA->250 p50 {percentile(latencies, 0.5):.1f} ms, "
+          f"p99 {percentile(latencies, 0.99):.1f} ms)")
     print(f"processed: {len(mails) / processed:8.1f} mails/s (case + acknowledgment in the outbox)" if processed
           else "processed: did not finish")
-    print(f"delivered: {len(mails) / delivered:8.1f} mails/s (acknowledgments and staff notifications at the relay)"
-          if delivered else f"delivered: {sink.count} mails reached the relay")
+    print(f"delivered: {len(mails) / delivered:8.1f} mails/s (every outbox row at the relay: acknowledgments, "
+          f"staff and on-call notifications)" if delivered else f"delivered: {sink.count} mails reached the relay")
     print(f"peak RSS of intake serve: {rss:.0f} MiB")
-    print(f"ceilings: stdlib parse {parse_rate:.0f} mails/s; bare durable SQLite commit {commit_rate:.0f} commits/s")
+    if paced is not None:
+        paced_latencies, late = paced
+        print(f"paced: {len(paced_latencies)} mails offered at {args.rate:g}/s from {args.paced_clients} clients: "
+              f"DATA->250 p50 {percentile(paced_latencies, 0.5):.1f} ms, p99 {percentile(paced_latencies, 0.99):.1f} ms, "
+              f"max {max(paced_latencies) * 1000:.1f} ms; {late} started late")
+    rate = len(mails) / processed if processed else 0.0
+    print("ceilings (same machine, same run; processed rate as a fraction of each):")
+    for name, ceiling in rates.items():
+        unit = "commits/s" if "commit" in name else "mails/s"
+        print(f"  {name:28s} {ceiling:8.0f} {unit:9s} processed = {rate / ceiling:6.1%}")
 
 
 if __name__ == "__main__":

@@ -56,10 +56,9 @@ def open_case(session: Session, ctx: Context, inbound: InboundMail, mail: Parsed
                     tier=decision.tier.name if decision.tier else None, mailbox=inbound.mailbox,
                     reply_token=new_token(), created_at=ctx.now, updated_at=ctx.now,
                     first_response_due=decision.due, previous_ticket_id=previous.id if previous else None,
-                    notify=list(actions.notify))
+                    notify=list(actions.notify), participants=_participants(ctx, mail))
     session.add(ticket)
-    session.flush()
-    _add_participants(session, ctx, ticket, mail)
+    session.flush()     # the acknowledgment and the notifications name the case by its id
     message = add_message(session, ticket, inbound, mail, "auto_reply" if screening.automatic else "customer")
     add_event(session, ticket, "created", ctx.now, mail.sender.email, {
         "rule": decision.routing.rule, "severity": decision.severity, "tag": decision.reading.describe(),
@@ -71,15 +70,17 @@ def open_case(session: Session, ctx: Context, inbound: InboundMail, mail: Parsed
     return ticket, message
 
 
-def _add_participants(session: Session, ctx: Context, ticket: Ticket, mail: ParsedEmail) -> None:
+def _participants(ctx: Context, mail: ParsedEmail) -> list[Participant]:
+    """The requester and the CC'd addresses, inserted with the case: its collection is then
+    loaded already, and answers read it without a query."""
     own = ctx.config.own_addresses
     seen = {mail.sender.email}
-    session.add(Participant(ticket_id=ticket.id, address=mail.sender.email, name=mail.sender.name, role="requester"))
+    participants = [Participant(address=mail.sender.email, name=mail.sender.name, role="requester")]
     for cc in mail.cc:
         if cc.email and cc.email not in seen and cc.email not in own and not _ours(ctx.config, cc.email):
             seen.add(cc.email)
-            session.add(Participant(ticket_id=ticket.id, address=cc.email, name=cc.name, role="cc"))
-    session.flush()
+            participants.append(Participant(address=cc.email, name=cc.name, role="cc"))
+    return participants
 
 
 def _ours(config: Config, address: str) -> bool:
@@ -186,11 +187,9 @@ def add_message(session: Session, ticket: Ticket, inbound: InboundMail, mail: Pa
     message = Message(ticket_id=ticket.id, inbound_id=inbound.id, direction=Direction.IN, author=mail.sender.email,
                       kind=kind, subject=mail.subject, body_text=mail.body_text, message_id=mail.message_id,
                       created_at=inbound.received_at)
+    message.attachments = [Attachment(filename=part.filename, content_type=part.content_type, size=part.size,
+                                      data=part.payload) for part in mail.attachments]
     session.add(message)
-    session.flush()
-    for part in mail.attachments:
-        session.add(Attachment(message_id=message.id, filename=part.filename, content_type=part.content_type,
-                               size=part.size, data=part.payload))
     inbound.ticket_id = ticket.id
     return message
 

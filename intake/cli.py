@@ -1,20 +1,23 @@
-"""The `intake` command. Exit codes: 0 ok, 1 failure, 2 usage or configuration error."""
+"""The `intake` command. Exit codes: 0 ok, 1 failure, 2 usage or configuration error (docs/cli.md)."""
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 
+from intake.cli_help import annotate
 from intake.cli_sla import add_commands as add_sla_commands, sla_line
 from intake.config import Config, ConfigError, default_config_path, load_config
 from intake.explain import as_json, as_text, explain
 from intake.imap_poller import ImapPoller, PollFailed
 from intake.importer import ImportSourceError, ProgressBar, import_mail
+from intake.logs import Redactor, setup_logging
+from intake.metrics import MetricsUnavailable
 from intake.parse import UnparseableMail
 from intake.pipeline import release, replay
 from intake.service import build_services, renderer_for, serve
@@ -33,18 +36,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.INFO if args.command == "serve" else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    _logging(config, serving=args.command == "serve")
     try:
         return int(args.run(config, args) or 0)
     except LookupError as exc:
         print(str(exc).strip("'\""), file=sys.stderr)
         return 1
+    except (MetricsUnavailable, OperationalError) as exc:
+        print(str(exc).splitlines()[0], file=sys.stderr)
+        return 1
+
+
+def _logging(config: Config, serving: bool) -> None:
+    """`intake serve` logs at `service.log_level`; the one-shot commands only warnings and errors."""
+    level = config.log_level if serving or config.log_level in ("warning", "error") else "warning"
+    known = [*config.own_addresses, *(member.address for member in config.staff)]
+    setup_logging(config.log_format, level, Redactor(known, enabled=config.redact_addresses))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default=str(default_config_path()),
                         help="path to config.toml (default: $INTAKE_CONFIG or ./config.toml)")
     commands = parser.add_subparsers(dest="command")
-    _command(commands, "serve", "run the SMTP listener, outbox worker and scheduler", _serve)
+    _command(commands, "serve", "run the SMTP listener, the IMAP pollers, the outbox worker, the scheduler "
+             "and the metrics and health endpoint until SIGTERM; SIGHUP reloads config.toml", _serve)
     poll = _command(commands, "poll", "process what waits in the IMAP mailboxes and print a summary", _poll)
     poll.add_argument("--once", action="store_true", required=True,
                       help="one pass, then exit (`intake serve` watches the mailboxes continuously)")
@@ -92,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     _command(outbox, "retry", "send failed or waiting mail again now", _outbox_retry).add_argument(
         "ids", type=int, nargs="*", help="ids to retry (default: all failed and pending)")
     add_sla_commands(commands, _command)
+    annotate(parser)
     return parser
 
 

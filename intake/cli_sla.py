@@ -39,7 +39,7 @@ def parse_time(text: str, timezone: str) -> datetime:
 
 def _sweep(config: Config, args: argparse.Namespace) -> int:
     try:
-        now = parse_time(args.now, config.timezone) if args.now else utcnow()
+        now = parse_time(args.now, config.timezone) if args.now else utcnow().replace(microsecond=0)
     except ValueError as exc:
         print(f"--now: {exc}", file=sys.stderr)
         return 2
@@ -90,7 +90,8 @@ def sla_line(view: dict[str, Any]) -> str | None:
     sla = view.get("sla")
     if not sla:
         return None
-    state = "breached" if sla["breached"] else "met" if sla["responded_at"] else "paused" if sla["paused"] else "running"
+    state = ("breached" if sla["breached"] else "met" if sla["responded_at"]
+             else "paused" if sla["paused"] else "running")
     left = timedelta(seconds=sla["left"])
     return (f"SLA {sla['target']} ({sla['clock']}): {state}, due {sla['due'] or 'when the clock runs again'}, "
             f"used {describe_span(timedelta(seconds=sla['used']))}, "

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from intake.config_lines import Locator
 from intake.config_routing import policy_problem, read_routing
+from intake.logs import LOG_FORMATS, LOG_LEVELS
 from routing.policy import Organization, Tier
 from routing.rules import Actions, Rule
 from routing.severity import SeverityLevel
@@ -105,6 +106,11 @@ class Config:
     queues: tuple[str, ...]
     default_actions: Actions
     rules: tuple[Rule, ...]
+    log_format: str = "text"
+    log_level: str = "info"
+    redact_addresses: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464                # 0: no metrics and health endpoint
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
 
     def mailbox(self, address: str) -> MailboxConfig:
@@ -164,9 +170,11 @@ class _Section:
 
     def get(self, key: str, kind: type[T] | tuple[type, ...], default: Any = _MISSING) -> Any:
         self.seen.add(key)
+        self.b.asked.add((self.name, self.prefix + key))
         if key not in self.data:
             if default is _MISSING:
                 self.problem(key, "is required")
+                return None
             return default
         value = self.data[key]
         if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float, (int, float))):
@@ -201,6 +209,7 @@ class _Builder:
         self.path, self.data = path, data
         self.locator = locator or Locator.of("")
         self.problems: list[str] = []
+        self.asked: set[tuple[str, str]] = set()     # (table, key) of every key read: the schema
 
     def problem(self, section: str, key: str | None, message: str, line: int | None = None) -> None:
         where = f"[{section}]" + (f" {key}" if key else "")
@@ -220,8 +229,8 @@ class _Builder:
         return _Section(self, name, self.data[name])
 
     def build(self) -> Config:
-        known = {"service", "database", "smtp", "outbound", "limits", "mailboxes", "severity", "calendars",
-                 "tiers", "organizations", "staff", "followup", "sla", "routing"}
+        known = {"service", "database", "smtp", "outbound", "limits", "metrics", "mailboxes", "severity",
+                 "calendars", "tiers", "organizations", "staff", "followup", "sla", "routing"}
         for key in sorted(set(self.data) - known):
             self.problems.append(f"{self.path}: [{key}]: unknown section")
         parts = {**self._service(), **self._transport(), **self._policy(), **self._time()}
@@ -239,11 +248,25 @@ class _Builder:
         s.convert("timezone", tz, zoneinfo.ZoneInfo)
         templates = s.get("templates_dir", str, "")
         values = {"case_prefix": prefix, "timezone": tz, "service_name": s.get("name", str, "Support"),
-                  "templates_dir": (self.path.parent / templates) if templates else None}
+                  "templates_dir": (self.path.parent / templates) if templates else None,
+                  "log_format": s.get("log_format", str, "text"), "log_level": s.get("log_level", str, "info"),
+                  "redact_addresses": s.get("redact_addresses", bool, True)}
+        for key, allowed in (("log_format", LOG_FORMATS), ("log_level", LOG_LEVELS)):
+            if values[key] not in allowed:
+                self.problem("service", key, f"{values[key]!r}: expected {' or '.join(allowed)}")
         s.finish()
+        values.update(self._metrics())
         db = self.section("database")
         values["database_url"] = db.get("url", str)
         db.finish()
+        return values
+
+    def _metrics(self) -> dict[str, Any]:
+        m = self.section("metrics", required=False)
+        values = {"metrics_host": m.get("host", str, "127.0.0.1"), "metrics_port": m.get("port", int, 9464)}
+        m.finish()
+        if values["metrics_port"] is not None and not 0 <= values["metrics_port"] <= 65535:
+            self.problem("metrics", "port", f"{values['metrics_port']} is out of range (0 = off, or 1 to 65535)")
         return values
 
     def _transport(self) -> dict[str, Any]:
@@ -396,12 +419,16 @@ class _Builder:
                 self.problem(f"tiers.{tier}", "calendar", f"{wanted!r} is not a calendar in [calendars]")
         f = self.section("followup")
         values = {"followup_attempts": f.get("attempts", int, 2)}
+        if values["followup_attempts"] is not None and not 0 <= values["followup_attempts"] <= 10:
+            f.problem("attempts", "must be between 0 and 10")
         for key, default in (("first_after", "1bd"), ("grace", "1bd"), ("sev1_update_every", "4h"), ("reopen_window", "14d")):
             values[key if key.startswith(("sev1", "reopen")) else f"followup_{key}"] = (
                 f.convert(key, f.get(key, str, default), Duration.parse) or Duration.parse(default))
         f.finish()
         sla = self.section("sla", required=False)
         values["warn_at"] = float(sla.get("warn_at", (int, float), 0.75))
+        if not 0 < values["warn_at"] <= 1:
+            sla.problem("warn_at", "must be a share of the target: more than 0, at most 1")
         sla.finish()
         return {"calendars": calendars, **values}
 

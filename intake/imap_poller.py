@@ -12,15 +12,18 @@ import ssl
 import threading
 import time
 from contextlib import contextmanager, suppress
+from dataclasses import asdict
 from typing import Callable, Iterator, Protocol, Sequence
 
 from imapclient import DELETED, SEEN, IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 from sqlalchemy import select
 
+from intake import metrics
 from intake.config import ImapConfig, MailboxConfig
 from intake.crashpoints import crash_point
 from intake.importer import Summary
+from intake.logs import log_event
 from intake.pipeline import Services, ingest
 from intake.reload import ServicesHolder, holding
 from intake.store import Envelope, ImapOrigin
@@ -221,6 +224,11 @@ class ImapPoller:
         """Read per use: after a reload the next message is processed under the new config."""
         return self.holder.current
 
+    @property
+    def state(self) -> str:
+        """`starting`, `connected`, or what the last failure was (`unreachable`, `login_refused`, ...)."""
+        return self._state
+
     def run(self, stopping: threading.Event) -> None:
         """Until `stopping` is set; never raises, so one mailbox's trouble leaves the others alone."""
         backoff = Backoff(self.settings.reconnect_min_seconds, self.settings.reconnect_max_seconds)
@@ -228,7 +236,7 @@ class ImapPoller:
             try:
                 summary = self.drain(stopping=stopping)
                 if summary.fetched or summary.failed:
-                    log.info("imap pass mailbox=%s %s", self.address, summary.line())
+                    log_event(log, "imap.pass", mailbox=self.address, **asdict(summary))
                 backoff.reset()
                 self._wait(stopping)
             except Exception as exc:     # the door stays open: log the state, back off, reconnect
@@ -297,8 +305,8 @@ class ImapPoller:
                 result = ingest(self.services, raw, envelope)
                 summary.add(result)
                 done.append(uid)
-                log.info("imap stored mailbox=%s uidvalidity=%s uid=%s inbound=%s duplicate=%s",
-                         self.address, box.uidvalidity, uid, result.inbound_id, result.duplicate)
+                log_event(log, "imap.stored", mailbox=self.address, uidvalidity=box.uidvalidity, uid=uid,
+                          inbound=result.inbound_id, duplicate=result.duplicate)
         finally:        # what was committed is marked, even when a later message of the batch failed
             if done:
                 crash_point("imap_after_commit")
@@ -338,8 +346,8 @@ class ImapPoller:
         summary.failed += 1
         origin = ImapOrigin(self.settings.folder, box.uidvalidity, uid)
         failures = record_fetch_failure(self.services, self.address, origin, error)
-        log.warning("imap fetch_failed mailbox=%s uidvalidity=%s uid=%s failures=%s/%s error=%r", self.address,
-                    box.uidvalidity, uid, failures, self.settings.max_fetch_failures, error)
+        log_event(log, "imap.fetch_failed", logging.WARNING, mailbox=self.address, uidvalidity=box.uidvalidity,
+                  uid=uid, failures=f"{failures}/{self.settings.max_fetch_failures}", error=error)
 
     def _set_aside_broken(self, box: Mailbox, batch: list[int]) -> list[int]:
         """Move messages that failed max_fetch_failures times to the error folder; return the rest."""
@@ -349,8 +357,9 @@ class ImapPoller:
             return batch
         box.move(sorted(broken), self.settings.error_folder)
         for uid, (failures, error) in sorted(broken.items()):
-            log.error("imap moved_to_error_folder mailbox=%s folder=%s uidvalidity=%s uid=%s failures=%s error=%r",
-                      self.address, self.settings.error_folder, box.uidvalidity, uid, failures, error)
+            log_event(log, "imap.moved_to_error_folder", logging.ERROR, mailbox=self.address,
+                      folder=self.settings.error_folder, uidvalidity=box.uidvalidity, uid=uid, failures=failures,
+                      error=error)
         self._suspects.difference_update(broken)
         return [uid for uid in batch if uid not in broken]
 
@@ -358,12 +367,12 @@ class ImapPoller:
         if self._mailbox is None:
             box = self._connect(self.settings)
             if self._uidvalidity is not None and box.uidvalidity != self._uidvalidity:
-                log.warning("imap uidvalidity_changed mailbox=%s folder=%s old=%s new=%s", self.address,
-                            self.settings.folder, self._uidvalidity, box.uidvalidity)
+                log_event(log, "imap.uidvalidity_changed", logging.WARNING, mailbox=self.address,
+                          folder=self.settings.folder, old=self._uidvalidity, new=box.uidvalidity)
                 self._suspects.clear()
             self._mailbox, self._uidvalidity = box, box.uidvalidity
-            self._set_state("connected", logging.INFO, f"host={self.settings.host} folder={self.settings.folder} "
-                            f"idle={'yes' if box.can_idle else 'no'} uidvalidity={box.uidvalidity}")
+            self._set_state("connected", logging.INFO, host=self.settings.host, folder=self.settings.folder,
+                            idle=box.can_idle, uidvalidity=box.uidvalidity)
         return self._mailbox
 
     def _wait(self, stopping: threading.Event) -> None:
@@ -377,14 +386,14 @@ class ImapPoller:
         self._disconnect()
         state = ("login_refused" if isinstance(exc, LoginRefused) else "unreachable" if isinstance(exc, ConnectionLost)
                  else "refused" if isinstance(exc, MailboxError) else "error")
-        self._set_state(state, logging.WARNING, f"error={_text(exc)!r} retry_in={delay:g}s",
-                        exc_info=state == "error")
+        self._set_state(state, logging.WARNING, exc_info=state == "error", error=_text(exc), retry_in=f"{delay:g}s")
 
-    def _set_state(self, state: str, level: int, facts: str = "", exc_info: bool = False) -> None:
+    def _set_state(self, state: str, level: int, exc_info: bool = False, **facts: object) -> None:
         """One log line per change of state; repeats of the same state only at debug level."""
         changed, self._state = state != self._state, state
-        log.log(level if changed else logging.DEBUG, "imap state=%s mailbox=%s%s", state, self.address,
-                f" {facts}" if facts else "", exc_info=exc_info and changed)
+        metrics.imap_state(self.address, state)
+        log_event(log, "imap.state", level if changed else logging.DEBUG, exc_info=exc_info and changed,
+                  state=state, mailbox=self.address, **facts)
 
     def _disconnect(self) -> None:
         if self._mailbox is not None:
@@ -418,15 +427,22 @@ def fetch_failures(services: Services, mailbox: str, folder: str, uidvalidity: i
         return {uid: (failures, error) for uid, failures, error in rows}
 
 
-def start_pollers(services: Services | ServicesHolder, stopping: threading.Event) -> list[threading.Thread]:
+class PollerThread(threading.Thread):
+    """A mailbox's poller in its own thread; the health check reads `poller.state`."""
+
+    def __init__(self, poller: ImapPoller, stopping: threading.Event) -> None:
+        super().__init__(target=poller.run, args=(stopping,), name=f"imap-{poller.address}", daemon=True)
+        self.poller = poller
+
+
+def start_pollers(services: Services | ServicesHolder, stopping: threading.Event) -> list[PollerThread]:
     """A thread per mailbox with an `imap` table, each ending when `stopping` is set. Connection
     settings are read once (a change needs a restart); each mail is processed under the config
     current when it is fetched, so a SIGHUP reload reaches this door too."""
     threads = []
     for mailbox in holding(services).current.config.mailboxes:
         if mailbox.imap is not None:
-            poller = ImapPoller(services, mailbox)
-            thread = threading.Thread(target=poller.run, args=(stopping,), name=f"imap-{mailbox.address}", daemon=True)
+            thread = PollerThread(ImapPoller(services, mailbox), stopping)
             thread.start()
             threads.append(thread)
     return threads

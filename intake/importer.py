@@ -14,6 +14,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
+from intake.logs import log_event
 from intake.pipeline import Result, Services, ingest
 from intake.store import Envelope
 from models import Outcome
@@ -106,7 +107,7 @@ def _messages(source: mailbox.Mailbox[Any], keys: list[str], summary: Summary) -
             yield key, source.get_bytes(key)
         except (OSError, KeyError) as exc:     # vanished or unreadable: counted, the rest goes on
             summary.failed += 1
-            log.warning("import unreadable key=%s error=%s", key, exc)
+            log_event(log, "import.unreadable", logging.WARNING, key=key, error=str(exc))
 
 
 class ProgressBar:

@@ -60,6 +60,7 @@ from mailparser.exceptions import MailParserRecursionError
 from mailparser.utils import get_addresses
 
 from intake.html_text import html_to_text, visible_text
+from intake.logs import log_event
 
 __all__ = [
     "Address", "Attachment", "ParsedEmail", "UnparseableMail", "parse_mail", "sanitize_filename", "visible_text",
@@ -147,7 +148,7 @@ def parse_mail(
     try:
         return _build(raw, envelope_sender, max_attachment_bytes, max_attachments)
     except Exception as exc:  # the contract: no other exception escapes, for any bytes
-        log.exception("parse failed unexpectedly")
+        log_event(log, "parse.failed", logging.ERROR, exc_info=True, error=f"{type(exc).__name__}: {exc}")
         raise UnparseableMail(f"internal error: {type(exc).__name__}") from exc
 
 

@@ -8,24 +8,28 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from intake import metrics
 from intake.apply import (SYSTEM, Context, add_event, add_reply, open_case, record_bounce, refuse,
                           within_reopen_window)
 from intake.config import Config
 from intake.correlate import Thread, find_thread
 from intake.crashpoints import crash_point
 from intake.decide import NewCase, decide_new
+from intake.logs import log_event
 from intake.parse import ParsedEmail, UnparseableMail, parse_mail
 from intake.screen import Screening, screen
 from intake.staff import StaffMail, apply_staff_mail, classify, notify_staff, record_suspect
-from intake.store import Envelope, Stored, store
-from intake.timetable import reschedule
+from intake.store import Envelope, Stored, header_message_id, store
+from intake.timetable import NO_HISTORY, reschedule
 from models import InboundMail, InboundStatus, Message, Outcome, Ticket, utcnow
 from models.db import unit_of_work
 from notifications.outbox import Outbox
@@ -56,12 +60,19 @@ class Result:
 
 def ingest(services: Services, raw: bytes, envelope: Envelope) -> Result:
     """Store durably, then process. Raises only if the mail could not be stored."""
+    started = time.monotonic()
     stored: Stored = store(services.sessions, raw, envelope, services.clock())
     crash_point("after_commit")
     if stored.duplicate:
-        log.info("duplicate inbound=%s door=%s", stored.inbound_id, envelope.door)
-        return Result(stored.inbound_id, None, "duplicate", duplicate=True)
-    return process(services, stored.inbound_id)
+        log_event(log, "mail.duplicate", message_id=header_message_id(raw), mailbox=envelope.mailbox,
+                  door=envelope.door, inbound=stored.inbound_id)
+        process(services, stored.inbound_id)    # a no-op unless an outage cut the first processing short
+        result = Result(stored.inbound_id, None, "duplicate", duplicate=True)
+    else:
+        result = process(services, stored.inbound_id)
+    outcome = "duplicate" if result.duplicate else result.outcome.value if result.outcome else "quarantined"
+    metrics.received(envelope.door, outcome, time.monotonic() - started)
+    return result
 
 
 def process(services: Services, inbound_id: int, *, releasing: bool = False,
@@ -74,21 +85,32 @@ def process(services: Services, inbound_id: int, *, releasing: bool = False,
                 inbound.outcome is Outcome.HELD if releasing else inbound.status is InboundStatus.RECEIVED)
             if not waiting:     # processed meanwhile (another instance, a retried release)
                 return _result(inbound_id, inbound)
-            _process(session, services, inbound, releasing, released_severity)
-            ticket = session.get(Ticket, inbound.ticket_id) if inbound.ticket_id is not None else None
+            ticket = _process(session, services, inbound, releasing, released_severity)
             if ticket is not None:      # the mail may have moved its clocks: store their next times now
-                reschedule(session, services.config, ticket, services.clock())
+                opened = inbound.outcome is Outcome.TICKET      # a case this mail opened has no history yet
+                reschedule(session, services.config, ticket, services.clock(), NO_HISTORY if opened else None)
             inbound.status, inbound.processed_at = InboundStatus.PROCESSED, services.clock()
             crash_point("before_process_commit")
         result = _result(inbound_id, inbound)
+    except OperationalError as exc:     # the database is away or full: not the mail's fault, so no quarantine;
+        log_event(log, "mail.deferred", logging.WARNING, inbound=inbound_id,   # it stays `received` and the
+                  error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}")   # retry or resume_received finishes it
+        raise
     except Exception as exc:    # the boundary: any fault becomes a quarantined mail, never a lost one
-        log.exception("quarantined inbound=%s", inbound_id)
-        _quarantine(services, inbound_id, exc)
+        facts: dict[str, str | None] = {}
+        try:
+            facts = _quarantine(services, inbound_id, exc)
+        finally:                # a real fault: logged with its stack trace, even when quarantining failed too
+            log_event(log, "mail.quarantined", logging.ERROR, exc_info=exc, **facts, inbound=inbound_id,
+                      error=f"{type(exc).__name__}: {exc}")
         return Result(inbound_id, None, "quarantined")
+    crash_point("after_process_commit")
     if services.mail_enqueued is not None:
         services.mail_enqueued.set()
-    log.info("processed inbound=%s outcome=%s reason=%s ticket=%s", inbound_id,
-             result.outcome.value if result.outcome else None, result.reason, result.ticket_id)
+    ref = f"{services.config.case_prefix}-{result.ticket_id}" if result.ticket_id is not None else None
+    log_event(log, "mail.processed", ref=ref, message_id=inbound.message_id, mailbox=inbound.mailbox,
+              outcome=result.outcome.value if result.outcome else None, reason=result.reason, door=inbound.door,
+              sender=inbound.sender, inbound=inbound_id)
     return result
 
 
@@ -98,16 +120,21 @@ def _result(inbound_id: int, inbound: InboundMail | None) -> Result:
     return Result(inbound_id, inbound.outcome, inbound.reason, inbound.ticket_id)
 
 
-def _quarantine(services: Services, inbound_id: int, exc: Exception) -> None:
+def _quarantine(services: Services, inbound_id: int, exc: Exception) -> dict[str, str | None]:
+    """Mark the stored mail quarantined; returns what the log line says about it."""
     with unit_of_work(services.sessions) as session:
         inbound = session.get(InboundMail, inbound_id)
-        if inbound is not None:
-            inbound.status = InboundStatus.QUARANTINED
-            inbound.error = f"{type(exc).__name__}: {exc}"[:4000]
+        if inbound is None:
+            return {}
+        inbound.status = InboundStatus.QUARANTINED
+        inbound.error = f"{type(exc).__name__}: {exc}"[:4000]
+        return {"message_id": inbound.message_id, "mailbox": inbound.mailbox, "door": inbound.door}
 
 
 def _process(session: Session, services: Services, inbound: InboundMail, releasing: bool,
-             released_severity: int | None) -> None:
+             released_severity: int | None) -> Ticket | None:
+    """Returns the case the mail was recorded on: held here, it stays in the session's identity map
+    (which holds clean objects only weakly), so rescheduling it needs no second SELECT."""
     config = services.config
     ctx = Context(config, services.outbox, services.clock())
     try:
@@ -115,29 +142,28 @@ def _process(session: Session, services: Services, inbound: InboundMail, releasi
                           max_attachment_bytes=config.max_attachment_bytes, max_attachments=config.max_attachments)
     except UnparseableMail as exc:
         inbound.outcome, inbound.reason, inbound.detail = Outcome.REJECTED, "unparseable", str(exc)
-        return
+        return None
     inbound.sender, inbound.subject = mail.sender.email or inbound.envelope_sender, mail.subject
     screening = screen(mail, inbound.envelope_sender, config.own_addresses)
     if screening.own:
         inbound.outcome, inbound.reason, inbound.detail = Outcome.REJECTED, "own_address", "sent by our own address"
-        return
+        return None
     if screening.bounce:
-        _bounce(session, ctx, inbound, mail)
-        return
+        return _bounce(session, ctx, inbound, mail)
     recipients = tuple(inbound.envelope_recipients)
     thread = None if releasing else find_thread(session, mail, recipients, config.reply_domain, config.case_prefix)
     staff = None if screening.automatic else classify(session, config, mail, recipients, thread)
     if staff is not None:
         _staff(session, ctx, inbound, mail, staff)
-        return
+        return staff.ticket
     if thread is not None and within_reopen_window(thread.ticket, ctx.now, config.reopen_window):
         _reply(session, ctx, inbound, mail, screening, thread)
-        return
+        return thread.ticket
     if screening.automatic:
         inbound.outcome, inbound.reason = Outcome.REJECTED, screening.reason
         inbound.detail = "automatic mail opens no case and gets no answer"
-        return
-    _new_request(session, services, ctx, inbound, mail, screening, thread, releasing, released_severity)
+        return None
+    return _new_request(session, services, ctx, inbound, mail, screening, thread, releasing, released_severity)
 
 
 def _reply(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEmail, screening: Screening,
@@ -159,16 +185,18 @@ def _staff(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEma
     inbound.outcome, inbound.reason = Outcome.REPLY, "staff" if staff.trusted else staff.why
 
 
-def _bounce(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEmail) -> None:
+def _bounce(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEmail) -> Ticket | None:
     """A delivery report: recorded on the case whose mail bounced, and staff are told."""
     ticket = _bounced_ticket(session, mail)
     message = record_bounce(session, ctx, inbound, mail, ticket)
     if ticket is not None and message is not None:
         notify_staff(session, ctx, ticket, inbound, message, "bounce")
+    return ticket
 
 
 def _new_request(session: Session, services: Services, ctx: Context, inbound: InboundMail, mail: ParsedEmail,
-                 screening: Screening, previous: Thread | None, releasing: bool, released_severity: int | None) -> None:
+                 screening: Screening, previous: Thread | None, releasing: bool,
+                 released_severity: int | None) -> Ticket | None:
     """A new case, a rejection or a hold; a late reply to a closed case opens a new one that refers to it."""
     mailbox = ctx.config.mailbox(inbound.mailbox)
     if previous is not None and released_severity is None and read_severity(mail.subject, ctx.config.levels).level is None:
@@ -177,15 +205,17 @@ def _new_request(session: Session, services: Services, ctx: Context, inbound: In
                           lambda org: _incidents_used(session, org, ctx.now), released_severity, releasing)
     if not isinstance(decision, NewCase):
         refuse(session, ctx, inbound, mail, decision, screening)
-        return
+        return None
     ticket, message = open_case(session, ctx, inbound, mail, decision, screening,
                                 previous.ticket if previous else None)
+    crash_point("mid_processing")      # the case row is written, the transaction still open
     add_event(session, ticket, "routed", ctx.now, SYSTEM, decision.routing.record())
     notify_staff(session, ctx, ticket, inbound, message, "new_case")
     if previous is not None:
         add_event(session, previous.ticket, "followed_up_by", ctx.now, mail.sender.email,
                   {"ref": ticket.ref(ctx.config.case_prefix)})
     inbound.outcome, inbound.reason = Outcome.TICKET, decision.routing.rule
+    return ticket
 
 
 def _incidents_used(session: Session, org: Organization, now: datetime) -> int:

@@ -17,12 +17,17 @@ from pathlib import Path
 from typing import Callable
 
 from intake.config import Config, ConfigError, load_config
+from intake.logs import log_event
 from intake.pipeline import Services
 from notifications.outbox import Outbox
 
 log = logging.getLogger("intake.reload")
 
-RESTART_ONLY = ("database_url", "smtp_host", "smtp_port", "max_message_bytes")
+# Config attribute -> the key an administrator wrote: bound at start, kept until a restart.
+RESTART_ONLY = {"database_url": "database.url", "smtp_host": "smtp.host", "smtp_port": "smtp.port",
+                "max_message_bytes": "smtp.max_message_bytes", "metrics_host": "metrics.host",
+                "metrics_port": "metrics.port", "log_format": "service.log_format",
+                "log_level": "service.log_level", "redact_addresses": "service.redact_addresses"}
 
 
 class ServicesHolder:
@@ -44,17 +49,18 @@ class ServicesHolder:
                 config = load_config(path)
             except ConfigError as exc:
                 for problem in exc.problems:
-                    log.error("reload refused: %s", problem)
-                log.error("config not reloaded (%d problems); still running with the previous one",
-                          len(exc.problems))
+                    log_event(log, "config.problem", logging.ERROR, problem=problem)
+                log_event(log, "config.not_reloaded", logging.ERROR, path=str(path), problems=len(exc.problems),
+                          running="the previous config")
                 return False
             kept = {name: getattr(old.config, name) for name in RESTART_ONLY
                     if getattr(config, name) != getattr(old.config, name)}
             for name in kept:
-                log.warning("reload: %s changed; the change takes effect at the next restart", name)
+                log_event(log, "config.restart_needed", logging.WARNING, key=RESTART_ONLY[name],
+                          effect="at the next restart")
             config = replace(config, **kept)
             self._current = replace(old, config=config, outbox=outbox_for(config))
-        log.info("config reloaded from %s: %d routing rules", path, len(config.rules))
+        log_event(log, "config.reloaded", path=str(path), rules=len(config.rules))
         return True
 
 

@@ -5,13 +5,17 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import partial
+from typing import Callable
 
+from intake import metrics
 from intake.config import Config
 from intake.crashpoints import crash_point
-from intake.imap_poller import start_pollers
+from intake.imap_poller import PollerThread, start_pollers
+from intake.logs import log_event
 from intake.pipeline import Services, resume_received
 from intake.reload import ServicesHolder, Signals, holding
-from intake.smtp_listener import start_listener
+from intake.smtp_listener import serving, start_listener
 from intake.sweep import SWEEP_SECONDS, run_sweeps
 from models import utcnow
 from models.db import make_engine, session_factory
@@ -46,28 +50,57 @@ def serve(config: Config) -> None:
     SIGHUP reloads the config (intake/reload.py)."""
     holder = ServicesHolder(build_services(config))
     services = holder.current
+    monitor = None      # bound first: a metrics port in use stops the start before anything runs
+    if config.metrics_port:
+        monitor = metrics.MetricsServer(config.metrics_host, config.metrics_port,
+                                        metrics.DatabaseCollector(lambda: holder.current.sessions, utcnow))
     stopping, signals = threading.Event(), Signals()
     resumed = resume_received(services)
     if resumed:
-        log.info("resumed %s stored mails left unprocessed", resumed)
+        log_event(log, "serve.resumed", mails=resumed)
     single_writer = config.database_url.startswith("sqlite")
     executor = ThreadPoolExecutor(max_workers=1 if single_writer else 4, thread_name_prefix="ingest")
     listener = start_listener(holder, executor, config.smtp_host, config.smtp_port)
     resume = (lambda: resume_received(holder.current, timedelta(minutes=1)), 60)
-    sweeps = (lambda: run_sweeps(holder.current, holder.current.clock()), SWEEP_SECONDS)
+    sweeps = (lambda: metrics.swept(run_sweeps(holder.current, holder.current.clock())), SWEEP_SECONDS)
     scheduler = start_scheduler({"resume_received": resume, "sweeps": sweeps})
     worker = threading.Thread(target=outbox_worker, args=(holder, stopping), name="outbox", daemon=True)
     worker.start()
     pollers = start_pollers(holder, stopping)
-    print(f"intake serving SMTP on {config.smtp_host}:{config.smtp_port}", flush=True)
+    metrics.prepare(thread.poller.address for thread in pollers)
+    if monitor is not None:
+        monitor.start(health_checks(holder, lambda: serving(listener), pollers))
+    log_event(log, "serve.started", smtp=f"{config.smtp_host}:{config.smtp_port}",
+              metrics=monitor.address if monitor else "off", imap_mailboxes=len(pollers))
     signals.run(stopping, lambda: holder.reload(config.path, outbox_for))
+    if monitor is not None:
+        monitor.close()
     listener.stop()
     scheduler.shutdown(wait=False)
     executor.shutdown(wait=True)
     worker.join(timeout=10)
     for poller in pollers:
         poller.join(timeout=10)
-    log.info("stopped")
+    log_event(log, "serve.stopped")
+
+
+def health_checks(holder: ServicesHolder, smtp_serving: Callable[[], bool],
+                  pollers: list[PollerThread]) -> metrics.Health:
+    """What `/health` asks: the database answers, the listener accepts connections, and every IMAP
+    mailbox is connected (a poller that is still starting or backing off after a failure is not
+    serving its door)."""
+    health = metrics.Health()
+    health.add("database", metrics.database_check(lambda: holder.current.sessions))
+    health.add("smtp", lambda: None if smtp_serving() else "not accepting connections")
+    for thread in pollers:
+        health.add(f"imap {thread.poller.address}", partial(_imap_problem, thread))
+    return health
+
+
+def _imap_problem(thread: PollerThread) -> str | None:
+    if not thread.is_alive():
+        return "poller stopped"
+    return None if thread.poller.state == "connected" else thread.poller.state
 
 
 def outbox_worker(services: Services | ServicesHolder, stopping: threading.Event, idle_seconds: float = 1.0) -> None:
@@ -81,8 +114,9 @@ def outbox_worker(services: Services | ServicesHolder, stopping: threading.Event
         sender = SmtpSender(current.config.outbound_host, current.config.outbound_port)
         try:
             report = deliver_due(current.sessions, sender, current.clock, crash_point)
+            metrics.delivered(report)
         except Exception:     # the database is away: try again on the next tick
-            log.exception("outbox worker tick failed")
+            log_event(log, "outbox.worker_failed", logging.ERROR, exc_info=True)
             report = None
         if report is None or not (report.sent or report.retried or report.failed):
             wake.wait(idle_seconds)

@@ -46,13 +46,14 @@ def sla_view(session: Session, config: Config, ticket: Ticket, now: datetime) ->
     if state is None:
         return None
     zone = ZoneInfo(config.timezone)
-    return {"target": str(state.target.duration), "clock": state.target.clock,
-            "due": state.due.astimezone(zone).isoformat() if state.due else None,
+
+    def local(when: datetime | None) -> str | None:
+        return when.astimezone(zone).isoformat() if when else None
+
+    return {"target": str(state.target.duration), "clock": state.target.clock, "due": local(state.due),
             "used": int(state.used.total_seconds()), "left": int(state.left.total_seconds()),
-            "breached": state.breached, "paused": state.paused,
-            "responded_at": state.responded_at.astimezone(zone).isoformat() if state.responded_at else None,
-            "warned_at": ticket.sla_warned_at.astimezone(zone).isoformat() if ticket.sla_warned_at else None,
-            "breach_notified_at": ticket.sla_breached_at.astimezone(zone).isoformat() if ticket.sla_breached_at else None}
+            "breached": state.breached, "paused": state.paused, "responded_at": local(state.responded_at),
+            "warned_at": local(ticket.sla_warned_at), "breach_notified_at": local(ticket.sla_breached_at)}
 
 
 def sla_report(session: Session, config: Config, now: datetime, since: datetime | None = None) -> list[ReportRow]:

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session as SmtpSession
 
+from intake.logs import log_event
 from intake.pipeline import Services, ingest
 from intake.reload import ServicesHolder, holding
 from intake.store import Envelope
@@ -33,6 +34,8 @@ class IntakeHandler:
     async def handle_RCPT(self, server: SMTP, session: SmtpSession, envelope: SmtpEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
         if not self._accepts(address):
+            log_event(log, "smtp.recipient_refused", recipient=address, peer=_peer(session),
+                      answer=NO_SUCH_MAILBOX[:3])
             return NO_SUCH_MAILBOX
         envelope.rcpt_tos.append(address)
         return RECIPIENT_OK
@@ -52,8 +55,9 @@ class IntakeHandler:
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(self.executor, ingest, services, raw, mail_envelope)
-        except Exception:
-            log.exception("store failed; answering 451")
+        except Exception:       # a real fault (the database is away): the client retries
+            log_event(log, "smtp.store_failed", logging.ERROR, exc_info=True, mailbox=mailbox,
+                      sender=mail_envelope.sender, peer=_peer(session), answer=TRY_LATER[:3])
             return TRY_LATER
         return OK_DUPLICATE if result.duplicate else OK
 
@@ -76,5 +80,15 @@ def start_listener(services: Services | ServicesHolder, executor: ThreadPoolExec
     controller = _Controller(IntakeHandler(holder, executor), hostname=host, port=port, ready_timeout=10,
                             data_size_limit=holder.current.config.max_message_bytes, decode_data=False)
     controller.start()
-    log.info("listening on %s:%s", host, port)
+    log_event(log, "smtp.listening", host=host, port=port)
     return controller
+
+
+def serving(controller: Controller) -> bool:
+    """Whether the listener still accepts connections (for the health endpoint)."""
+    return controller.loop.is_running() and controller.server is not None and controller.server.is_serving()
+
+
+def _peer(session: SmtpSession) -> str:
+    peer = session.peer
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)

@@ -44,7 +44,7 @@ class Envelope:
         sender: str | None = None
         recipients: tuple[str, ...] = ()
         try:
-            headers = _HEADERS.parsebytes(raw[:65536])
+            headers = _HEADERS.parsebytes(_header_block(raw))
             path = headers.get("Return-Path")
             sender = str(path).strip().strip("<>").strip() if path is not None else None
             delivered = [str(v) for name in ("Delivered-To", "X-Original-To") for v in headers.get_all(name, [])]
@@ -61,12 +61,22 @@ class Stored:
 
 
 _HEADERS = BytesHeaderParser(policy=policy.compat32)
+_HEADER_LIMIT = 65536
+_EMPTY_LINE_STARTS = (b"\n\n", b"\n\r", b"\r\r")     # the parser splits lines at CRLF, CR and LF
+
+
+def _header_block(raw: bytes) -> bytes:
+    """The bytes the header parser reads: up to the first empty line, at most 64 KiB. Parsing
+    only these gives the same headers and spares splitting the whole body into lines."""
+    head = raw[:_HEADER_LIMIT]
+    ends = [i for i in (head.find(marker) for marker in _EMPTY_LINE_STARTS) if i >= 0]
+    return head[:min(ends) + 3] if ends else head
 
 
 def header_message_id(raw: bytes) -> str | None:
     """The Message-ID, read from the header block only (cheap, and never raises)."""
     try:
-        value = _HEADERS.parsebytes(raw[:65536]).get("Message-ID")
+        value = _HEADERS.parsebytes(_header_block(raw)).get("Message-ID")
     except Exception:       # header block unreadable: dedupe falls back to the bytes' hash
         return None
     if value is None:
@@ -78,12 +88,12 @@ def header_message_id(raw: bytes) -> str | None:
 
 
 def store(sessions: sessionmaker[Session], raw: bytes, envelope: Envelope, now: datetime) -> Stored:
-    """Commit the raw mail unless it is already here (same Message-ID, same bytes or same IMAP message)."""
+    """Commit the raw mail unless it is already here (same Message-ID, same bytes or same IMAP message).
+
+    The unique constraints on exactly those keys detect a duplicate, so a new mail costs one
+    INSERT and its commit; only a refused INSERT looks the stored one up."""
     digest = hashlib.sha256(raw).hexdigest()
     message_id = header_message_id(raw)
-    existing = _find_existing(sessions, digest, message_id, envelope)
-    if existing is not None:
-        return Stored(existing, duplicate=True)
     try:
         with unit_of_work(sessions) as session:
             row = InboundMail(received_at=now, door=envelope.door, mailbox=envelope.mailbox,
@@ -96,7 +106,7 @@ def store(sessions: sessionmaker[Session], raw: bytes, envelope: Envelope, now: 
             session.flush()
             crash_point("before_commit")
         return Stored(row.id, duplicate=False)
-    except IntegrityError:      # stored a moment ago by another session or instance
+    except IntegrityError:      # stored before, or a moment ago by another session or instance
         found = _find_existing(sessions, digest, message_id, envelope)
         if found is None:
             raise

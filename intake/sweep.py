@@ -22,8 +22,11 @@ from intake.timetable import followup_step, load_history, most_urgent, sev1_remi
 from models import Ticket, TicketStatus
 from notifications.outbox import Outbox
 from notifications.sweeps import Action, Sweep, run_sweep
+from routing.followup import FollowupStep
+from routing.sla_state import SlaState
 
 SWEEP_SECONDS = 60          # how often `intake serve` runs the sweeps
+
 
 def run_sweeps(services: Services, now: datetime, dry_run: bool = False) -> list[Action]:
     """Every sweep once, as of `now`; wakes the outbox worker when mail was enqueued."""
@@ -53,24 +56,17 @@ class FollowupSweep:
         return and_(Ticket.status == TicketStatus.PENDING, Ticket.next_followup_at <= now)
 
     def act(self, session: Session, ticket: Ticket, now: datetime) -> Action | None:
-        history = load_history(session, ticket)
-        step = followup_step(self.config, ticket, history)
+        step = followup_step(self.config, ticket, load_history(session, ticket))
         if step is None or step.due > now:
             ticket.next_followup_at = step.due if step else None
             return None
         ctx = Context(self.config, self.outbox, now)
-        window = self.config.reopen_window
         if step.action == "close":
-            change_status(session, ticket, TicketStatus.CLOSED, SYSTEM, now, "no answer to follow-ups",
-                          attempts=step.attempt)
-            to = customer_mail(session, ctx, ticket, "closing_notice", f"closing_notice:{ticket.id}:{_stamp(step.due)}",
-                               {"attempts": step.attempt, "reopen_window": window.describe(),
-                                "reopen_until": ctx.local(reopen_until(now, window))})
-            return Action(self.name, ticket.id, "closing_notice", step.due, to, f"closed after {step.attempt} attempts")
+            return self._close(session, ctx, ticket, step)
         of = self.config.followup_attempts
         ticket.followup_attempts = step.attempt
-        add_event(session, ticket, "followup_sent", now, SYSTEM, {"attempt": step.attempt, "of": of,
-                                                                  "due": step.due.isoformat()})
+        add_event(session, ticket, "followup_sent", now, SYSTEM,
+                  {"attempt": step.attempt, "of": of, "due": step.due.isoformat()})
         session.flush()
         after = followup_step(self.config, ticket, load_history(session, ticket))
         assert after is not None
@@ -79,6 +75,15 @@ class FollowupSweep:
                            {"attempt": step.attempt, "attempts": of, "last": step.attempt == of,
                             "closes_at": ctx.local(after.due) if after.action == "close" else None})
         return Action(self.name, ticket.id, "followup", step.due, to, f"attempt {step.attempt} of {of}")
+
+    def _close(self, session: Session, ctx: Context, ticket: Ticket, step: FollowupStep) -> Action:
+        window = self.config.reopen_window
+        change_status(session, ticket, TicketStatus.CLOSED, SYSTEM, ctx.now, "no answer to follow-ups",
+                      attempts=step.attempt)
+        to = customer_mail(session, ctx, ticket, "closing_notice", f"closing_notice:{ticket.id}:{_stamp(step.due)}",
+                           {"attempts": step.attempt, "reopen_window": window.describe(),
+                            "reopen_until": ctx.local(reopen_until(ctx.now, window))})
+        return Action(self.name, ticket.id, "closing_notice", step.due, to, f"closed after {step.attempt} attempts")
 
 
 class SlaSweep:
@@ -96,22 +101,29 @@ class SlaSweep:
     def act(self, session: Session, ticket: Ticket, now: datetime) -> Action | None:
         state = sla_of(self.config, ticket, load_history(session, ticket).changes, now)
         action = None
-        if state is not None and state.breached and state.due is not None and ticket.sla_breached_at is None:
-            ticket.sla_breached_at = now
-            add_event(session, ticket, "sla_breached", now, SYSTEM, {"due": state.due.isoformat()})
-            to = staff_notice(session, Context(self.config, self.outbox, now), ticket, "sla_breach",
-                              f"sla_breach:{ticket.id}", {"overdue": describe_span(now - state.due)})
-            action = Action(self.name, ticket.id, "sla_breach", state.due, to, f"target {state.target.duration}")
-        elif (state is not None and state.warn_due is not None and state.warn_due <= now
-              and ticket.sla_warned_at is None and ticket.sla_breached_at is None):
-            ticket.sla_warned_at = now
-            used = round(100 * state.used / state.target.amount) if state.target.amount else 100
-            add_event(session, ticket, "sla_warning", now, SYSTEM, {"used_percent": used})
-            to = staff_notice(session, Context(self.config, self.outbox, now), ticket, "sla_warning",
-                              f"sla_warning:{ticket.id}", {"used_percent": used, "left": describe_span(state.left)})
-            action = Action(self.name, ticket.id, "sla_warning", state.warn_due, to, f"{used} % of {state.target.duration} used")
+        if state is not None and ticket.sla_breached_at is None:
+            ctx = Context(self.config, self.outbox, now)
+            if state.breached and state.due is not None:
+                action = self._breach(session, ctx, ticket, state, state.due)
+            elif state.warn_due is not None and state.warn_due <= now and ticket.sla_warned_at is None:
+                action = self._warn(session, ctx, ticket, state, state.warn_due)
         store_sla(ticket, state)
         return action
+
+    def _breach(self, session: Session, ctx: Context, ticket: Ticket, state: SlaState, due: datetime) -> Action:
+        ticket.sla_breached_at = ctx.now
+        add_event(session, ticket, "sla_breached", ctx.now, SYSTEM, {"due": due.isoformat()})
+        to = staff_notice(session, ctx, ticket, "sla_breach", f"sla_breach:{ticket.id}",
+                          {"overdue": describe_span(ctx.now - due)})
+        return Action(self.name, ticket.id, "sla_breach", due, to, f"target {state.target.duration}")
+
+    def _warn(self, session: Session, ctx: Context, ticket: Ticket, state: SlaState, due: datetime) -> Action:
+        ticket.sla_warned_at = ctx.now
+        used = round(100 * state.used / state.target.amount) if state.target.amount else 100
+        add_event(session, ticket, "sla_warning", ctx.now, SYSTEM, {"used_percent": used})
+        to = staff_notice(session, ctx, ticket, "sla_warning", f"sla_warning:{ticket.id}",
+                          {"used_percent": used, "left": describe_span(state.left)})
+        return Action(self.name, ticket.id, "sla_warning", due, to, f"{used} % of {state.target.duration} used")
 
 
 class Sev1Sweep:

@@ -1,6 +1,8 @@
 """Engine and the one unit of work that commits."""
 from __future__ import annotations
 
+import sqlite3
+import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -8,10 +10,15 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
+BUSY_TIMEOUT_SECONDS = 30
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """SQLite gets WAL, a busy timeout and foreign keys; commits stay durable (synchronous=FULL)."""
+    """SQLite gets WAL, a busy timeout, foreign keys and one in-process write lock per database;
+    commits stay durable (synchronous=FULL)."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_SECONDS, "check_same_thread": False,
+                                                  "factory": _writer_class(url)}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
@@ -41,4 +48,60 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
 def _sqlite_begin_immediate(conn: Any) -> None:
     """Take SQLite's write lock at BEGIN: a read-then-write transaction can then never fail
     half-way because another connection committed in between (SQLITE_BUSY_SNAPSHOT)."""
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    writer: _Writer = conn.connection.dbapi_connection
+    writer.take_lock()
+    try:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    except BaseException:
+        writer.drop_lock()
+        raise
+
+
+class _Writer(sqlite3.Connection):
+    """Holds its database's in-process lock from BEGIN IMMEDIATE to the end of the transaction.
+
+    Threads of one process (the SMTP door, the outbox worker, the sweeps) then queue on a lock
+    that is handed over when a transaction ends, instead of SQLite's busy handler, which polls
+    with sleeps of 1 to 100 ms. Waiting longer than the busy timeout fails as SQLite would."""
+    lock: threading.Lock
+    holding = False
+
+    def take_lock(self) -> None:
+        if not self.lock.acquire(timeout=BUSY_TIMEOUT_SECONDS):
+            raise sqlite3.OperationalError("database is locked")
+        self.holding = True
+
+    def drop_lock(self) -> None:
+        if self.holding:
+            self.holding = False
+            self.lock.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.drop_lock()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.drop_lock()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.drop_lock()
+
+
+_WRITER_CLASSES: dict[str, type[_Writer]] = {}
+_WRITER_CLASSES_LOCK = threading.Lock()
+
+
+def _writer_class(url: str) -> type[_Writer]:
+    """One connection class, and so one lock, per database URL in this process."""
+    with _WRITER_CLASSES_LOCK:
+        if url not in _WRITER_CLASSES:
+            _WRITER_CLASSES[url] = type("Writer", (_Writer,), {"lock": threading.Lock()})
+        return _WRITER_CLASSES[url]

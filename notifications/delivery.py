@@ -2,18 +2,24 @@
 
 A row is claimed by pushing its next attempt into the future (a lease) in a short
 transaction, under `FOR UPDATE SKIP LOCKED` where the database has it, so several
-instances never send the same row at once. If the process dies after the relay accepted a
-mail but before the row is marked sent, the lease runs out and the mail is sent again: the
-only window in which a recipient can get a mail twice.
+instances never send the same row at once. Results are recorded in one transaction per
+second of sending (and at the end of the pass) rather than one commit per mail. If the process
+dies after the relay accepted a mail but before its row is marked sent, the lease runs out
+and the mail is sent again: the only window in which a recipient can get a mail twice, at
+most one second of sending long. Results that cannot be written because the database went away
+are kept in memory and written first on the next pass, so an outage alone sends nothing twice.
 """
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Any, Callable
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import OutboxMail, OutboxStatus
@@ -25,6 +31,9 @@ log = logging.getLogger("intake.delivery")
 LEASE = timedelta(minutes=5)
 FIRST_RETRY = timedelta(seconds=30)
 MAX_RETRY = timedelta(hours=1)
+RECORD_EVERY_SECONDS = 1.0
+_unrecorded: list[dict[str, Any]] = []     # send results a pass could not write (the database was away)
+_unrecorded_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -55,34 +64,70 @@ def claim_due(sessions: sessionmaker[Session], now: datetime, limit: int = 50) -
 def deliver_due(sessions: sessionmaker[Session], sender: Sender, clock: Callable[[], datetime],
                 crash: Callable[[str], None] = lambda _: None) -> DeliveryReport:
     """Send what is due now; returns counts. Safe to run from several processes at once."""
-    sent = retried = failed = 0
-    for row in claim_due(sessions, clock()):
+    outcomes = _Outcomes(sessions)
+    with _unrecorded_lock:          # results an earlier pass could not record are written first
+        outcomes.waiting, _unrecorded[:] = [*_unrecorded], []
+    try:
+        outcomes.write()
+        for row in claim_due(sessions, clock()):
+            try:
+                sender.send(row.sender, row.recipients, row.raw)
+            except TemporaryFailure as exc:
+                delay = backoff(row.attempts)
+                outcomes.add(row.id, OutboxStatus.PENDING, clock() + delay, str(exc))
+                log.warning("outbox.retry", extra=_facts(row, attempts=row.attempts,
+                                                         retry_in=f"{delay.total_seconds():g}s", error=str(exc)))
+                continue
+            except PermanentFailure as exc:
+                outcomes.add(row.id, OutboxStatus.FAILED, clock(), str(exc))
+                log.error("outbox.failed", extra=_facts(row, attempts=row.attempts, error=str(exc)))
+                continue
+            crash("after_relay_accepted")
+            outcomes.add(row.id, OutboxStatus.SENT, clock(), None)
+            log.info("outbox.sent", extra=_facts(row, attempts=row.attempts))
+    finally:
+        sender.close()
         try:
-            sender.send(row.sender, row.recipients, row.raw)
-        except TemporaryFailure as exc:
-            _finish(sessions, row.id, OutboxStatus.PENDING, clock() + backoff(row.attempts), str(exc))
-            log.warning("outbox retry id=%s kind=%s attempts=%s error=%s", row.id, row.kind, row.attempts, exc)
-            retried += 1
-            continue
-        except PermanentFailure as exc:
-            _finish(sessions, row.id, OutboxStatus.FAILED, clock(), str(exc))
-            log.error("outbox failed id=%s kind=%s error=%s", row.id, row.kind, exc)
-            failed += 1
-            continue
-        crash("after_relay_accepted")
-        _finish(sessions, row.id, OutboxStatus.SENT, clock(), None)
-        log.info("outbox sent id=%s kind=%s message_id=%s", row.id, row.kind, row.message_id)
-        sent += 1
-    return DeliveryReport(sent, retried, failed)
+            outcomes.write()
+        except OperationalError:    # the database went away: a mail the relay took must not go out again
+            with _unrecorded_lock:      # when its lease runs out, so its result waits here for the next pass
+                _unrecorded.extend(outcomes.waiting)
+            outcomes.waiting = []
+            raise
+    return outcomes.report()
 
 
-def _finish(sessions: sessionmaker[Session], row_id: int, status: OutboxStatus, when: datetime,
-            error: str | None) -> None:
-    with unit_of_work(sessions) as session:
-        row = session.get(OutboxMail, row_id)
-        assert row is not None
-        row.status, row.last_error = status, error
-        if status is OutboxStatus.SENT:
-            row.sent_at = when
-        else:
-            row.next_attempt_at = when
+def _facts(row: OutboxMail, **more: object) -> dict[str, Any]:
+    """`extra` for a structured log line (rendered by intake/logs.py): which mail, and what happened."""
+    return {"fields": {"outbox": row.id, "kind": row.kind, "ticket": row.ticket_id, "message_id": row.message_id,
+                       "to": list(row.recipients), **more}}
+
+
+class _Outcomes:
+    """Send results waiting to be recorded: written together once the oldest is a second old,
+    and at the end of the pass."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+        self.waiting: list[dict[str, Any]] = []
+        self.oldest = 0.0
+        self.counts = dict.fromkeys(OutboxStatus, 0)
+
+    def add(self, row_id: int, status: OutboxStatus, when: datetime, error: str | None) -> None:
+        if not self.waiting:
+            self.oldest = time.monotonic()
+        self.waiting.append({"id": row_id, "status": status, "last_error": error,
+                             "sent_at" if status is OutboxStatus.SENT else "next_attempt_at": when})
+        self.counts[status] += 1
+        if time.monotonic() - self.oldest >= RECORD_EVERY_SECONDS:
+            self.write()
+
+    def write(self) -> None:
+        if self.waiting:
+            with unit_of_work(self.sessions) as session:
+                session.execute(update(OutboxMail), self.waiting)     # by primary key, one statement per shape
+            self.waiting = []
+
+    def report(self) -> DeliveryReport:
+        return DeliveryReport(self.counts[OutboxStatus.SENT], self.counts[OutboxStatus.PENDING],
+                              self.counts[OutboxStatus.FAILED])

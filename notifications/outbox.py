@@ -45,7 +45,7 @@ class Outbox:
 
     def enqueue(self, session: Session, out: Outgoing, now: datetime) -> OutboxMail | None:
         """Render and store one mail; None if this dedupe key was enqueued before."""
-        if session.scalar(select(OutboxMail.id).where(OutboxMail.dedupe_key == out.dedupe_key)) is not None:
+        if _enqueued(session, out.dedupe_key):
             return None
         rendered = self.renderer.render(out.kind, {**self.base_context, **out.context})
         message_id = new_message_id(self.domain)
@@ -66,11 +66,29 @@ class Outbox:
         return row
 
 
+def _pending(session: Session) -> list[OutboxMail]:
+    """Rows enqueued in this transaction and not flushed yet.
+
+    The checks below read these and query without autoflush: an autoflush before each query
+    would write the case's rows in several small flushes instead of one at commit."""
+    return [obj for obj in session.new if isinstance(obj, OutboxMail)]
+
+
+def _enqueued(session: Session, dedupe_key: str) -> bool:
+    if any(row.dedupe_key == dedupe_key for row in _pending(session)):
+        return True
+    with session.no_autoflush:
+        return session.scalar(select(OutboxMail.id).where(OutboxMail.dedupe_key == dedupe_key)) is not None
+
+
 def automatic_answers_sent(session: Session, recipient: str, since: datetime) -> int:
     """How many automatic answers went to this address since `since` (the rate limit's count)."""
-    return session.scalar(select(func.count(OutboxMail.id)).where(
-        OutboxMail.recipient == recipient.lower(), OutboxMail.automatic.is_(True),
-        OutboxMail.created_at >= since)) or 0
+    address = recipient.lower()
+    with session.no_autoflush:
+        stored = session.scalar(select(func.count(OutboxMail.id)).where(
+            OutboxMail.recipient == address, OutboxMail.automatic.is_(True), OutboxMail.created_at >= since)) or 0
+    return stored + sum(1 for row in _pending(session)
+                        if row.recipient == address and row.automatic and row.created_at >= since)
 
 
 def may_answer(session: Session, recipient: str, now: datetime, per_hour: int) -> bool:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import smtplib
 import socket
+import threading
 from typing import Protocol, Sequence
 
 
@@ -17,24 +18,66 @@ class PermanentFailure(Exception):
 class Sender(Protocol):
     def send(self, sender: str, recipients: Sequence[str], raw: bytes) -> None: ...
 
+    def close(self) -> None:
+        """End what `send` kept open (called at the end of each delivery pass)."""
+
 
 class SmtpSender:
+    """One connection per thread, kept between the mails of a delivery pass: a pass pays one
+    connect, EHLO and QUIT, not one per mail."""
+
     def __init__(self, host: str, port: int, timeout: float = 30.0) -> None:
         self.host, self.port, self.timeout = host, port, timeout
+        self._local = threading.local()
 
     def send(self, sender: str, recipients: Sequence[str], raw: bytes) -> None:
+        reused = getattr(self._local, "smtp", None) is not None
         try:
-            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
-                refused = smtp.sendmail(sender, list(recipients), raw)
+            self._send(sender, recipients, raw)
+        except TemporaryFailure:
+            if not reused:
+                raise
+            # the relay may have closed or capped a kept connection: once more on a new one (a
+            # temporary failure is retried anyway, so this adds no risk of a second copy)
+            self._send(sender, recipients, raw)
+
+    def close(self) -> None:
+        smtp: smtplib.SMTP | None = getattr(self._local, "smtp", None)
+        self._local.smtp = None
+        if smtp is not None:
+            try:
+                smtp.quit()
+            except (OSError, smtplib.SMTPException):
+                smtp.close()
+
+    def _send(self, sender: str, recipients: Sequence[str], raw: bytes) -> None:
+        try:
+            smtp = self._connection()
+            smtp.sendmail(sender, list(recipients), raw)    # recipients it reports refused are not retried
         except smtplib.SMTPRecipientsRefused as exc:
+            self._drop()
             raise _classify(exc.recipients.values()) from None
         except smtplib.SMTPResponseException as exc:
+            self._drop()
             kind = PermanentFailure if 500 <= exc.smtp_code < 600 else TemporaryFailure
             raise kind(f"{exc.smtp_code} {_text(exc.smtp_error)}") from None
         except (OSError, socket.timeout, smtplib.SMTPException) as exc:
+            self._drop()
             raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from None
-        if refused:   # some recipients got it; the rest are reported, not retried (no duplicates)
-            return
+
+    def _connection(self) -> smtplib.SMTP:
+        smtp: smtplib.SMTP | None = getattr(self._local, "smtp", None)
+        if smtp is None:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            self._local.smtp = smtp
+        return smtp
+
+    def _drop(self) -> None:
+        """After a failure the connection's state is unknown: the next mail starts on a new one."""
+        smtp: smtplib.SMTP | None = getattr(self._local, "smtp", None)
+        self._local.smtp = None
+        if smtp is not None:
+            smtp.close()
 
 
 def _text(value: bytes | str) -> str:

@@ -87,9 +87,9 @@ def _act_alone(session: Session, sweep: Sweep, ticket: Ticket, now: datetime) ->
             action = sweep.act(session, ticket, now)
             session.flush()
     except Exception:       # one broken case must not stop the others: it is tried again next run
-        log.exception("sweep=%s ticket=%s failed", sweep.name, ticket_id)
+        log.exception("sweep.failed", extra={"fields": {"sweep": sweep.name, "ticket": ticket_id}})
         return None
-    if action is not None:
-        log.info("sweep=%s ticket=%s %s due=%s to=%s", sweep.name, ticket_id, action.kind,
-                 action.due.isoformat(), ",".join(action.recipients))
+    if action is not None:      # a structured line (rendered by intake/logs.py)
+        log.info("sweep.action", extra={"fields": {"sweep": sweep.name, "ticket": ticket_id, "kind": action.kind,
+                                                   "due": action.due.isoformat(), "to": list(action.recipients)}})
     return action

@@ -231,7 +231,8 @@ def due_with_pauses(start: datetime, duration: Duration, clock: Clock, calendar:
 
 
 def effective_clock(duration: Duration, clock: Clock) -> Clock:
-    """The clock `duration` is measured on. Business days are business time even on a 24x7 tier; calendar days are plain elapsed time."""
+    """The clock `duration` is measured on: business days are business time even on a 24x7 tier,
+    calendar days are plain elapsed time."""
     if clock not in get_args(Clock):
         raise ValueError(f"unknown clock {clock!r} (expected '24x7' or 'business')")
     if duration.unit == "bd":

@@ -77,12 +77,6 @@ class Desk:
         assert view is not None
         return view
 
-    def ticket(self, ticket_id: int) -> Ticket:
-        with self.services.sessions() as session:
-            ticket = session.get(Ticket, ticket_id)
-            assert ticket is not None
-            return ticket
-
 
 def make_desk(tmp_path: Path, db_url: str, capture: CaptureServer, start: datetime, extra: str = "") -> Desk:
     path = write_config(tmp_path, db_url, free_port(), capture.port, extra=extra)

@@ -197,7 +197,8 @@ def write_config(tmp_path: Path, db_url: str, smtp_port: int, relay_port: int, e
                  replace: dict[str, str] | None = None) -> Path:
     body = SHIPPED_CONFIG.read_text()
     changes = {'url = "sqlite:///intake.db"': f'url = "{db_url}"', "port = 2525": f"port = {smtp_port}",
-               "port = 25\n": f"port = {relay_port}\n", **(replace or {})}
+               "port = 25\n": f"port = {relay_port}\n", "port = 9464": f"port = {free_port()}",
+               **(replace or {})}
     for old, new in changes.items():
         assert old in body, old
         body = body.replace(old, new, 1)

@@ -89,7 +89,8 @@ def test_customer_reply_after_attempt_one_cancels_attempt_two_and_resumes_the_sl
 
     assert _kinds(desk.sweep(at(3, 16, 15))) == ["sla_warning"]   # 75 % of 8 h: 1 h before, 5 h after
     assert _kinds(desk.sweep(at(3, 17, 9))) == ["sla_breach"]     # and no attempt 2
-    notices = [m.message["Subject"] for m in desk.deliver("alice@example.com") if m.message["Subject"].startswith("[SLA")]
+    notices = [m.message["Subject"] for m in desk.deliver("alice@example.com")
+               if m.message["Subject"].startswith("[SLA")]
     assert [subject.split("]")[0] for subject in notices] == ["[SLA WARNING", "[SLA BREACH"]
     assert desk.sweep(at(3, 20, 9)) == [] and desk.show(case)["status"] == "open"
 
@@ -112,7 +113,8 @@ def test_pending_again_starts_a_new_sequence(desk: Desk) -> None:
     assert desk.sweep(at(3, 17, 9)) == []                     # 1bd after Monday 11:00 is Tuesday 11:00
     [again] = desk.sweep(at(3, 18, 9))
     assert again.detail == "attempt 1 of 2"
-    assert [m.message["Subject"] for m in desk.deliver(ANN)] == [f"[CASE-{case}] Waiting for your answer: [SEV-3] Export fails"] * 2
+    subject = f"[CASE-{case}] Waiting for your answer: [SEV-3] Export fails"
+    assert [m.message["Subject"] for m in desk.deliver(ANN)] == [subject] * 2
 
 
 def test_dry_run_reports_and_changes_nothing(desk: Desk) -> None:

@@ -1,7 +1,7 @@
 """IMAP door: UID facts and auto_answer on inbound mail, fetch failures
 
 Revision ID: 2fba74715562
-Revises: 6c64a3d88267
+Revises: a1f3c9e2b7d4
 Create Date: 2026-11-22 01:33:48.861520
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 import models.base
 
 revision = '2fba74715562'
-down_revision = '6c64a3d88267'
+down_revision = 'a1f3c9e2b7d4'
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """SLA and follow-up schedule on tickets: notify list, warning/breach marks, next follow-up, SEV-1 reminder
 
 Revision ID: c729a27d7fc3
-Revises: 6c64a3d88267
+Revises: 2fba74715562
 Create Date: 2026-11-22 01:46:53.673638
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 import models.base
 
 revision = 'c729a27d7fc3'
-down_revision = '6c64a3d88267'
+down_revision = '2fba74715562'
 branch_labels = None
 depends_on = None
 
