@@ -227,6 +227,12 @@ def wait_finished(engine: Engine, mails: int, sink: Sink, delivered_before: int,
     return processed, delivered
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process used so far: less sensitive to a busy machine than rates."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -295,10 +301,12 @@ def main() -> None:
         url = fresh_database(opts, "intake_bench_load")
         with serving(opts, url) as (port, server):
             engine = create_engine(url)
+            cpu_before = cpu_seconds(server.pid)
             started = time.perf_counter()
             latencies = send_all(port, mails, args.clients)
             accepted = time.perf_counter() - started
             processed, delivered = wait_finished(engine, len(mails), sink, 0, started)
+            cpu = cpu_seconds(server.pid) - cpu_before
             rss = peak_rss_mb(server.pid)
             engine.dispose()
         paced: tuple[list[float], int] | None = None
@@ -320,7 +328,8 @@ def main() -> None:
           else "processed: did not finish")
     print(f"delivered: {len(mails) / delivered:8.1f} mails/s (every outbox row at the relay: acknowledgments, "
           f"staff and on-call notifications)" if delivered else f"delivered: {sink.count} mails reached the relay")
-    print(f"peak RSS of intake serve: {rss:.0f} MiB")
+    print(f"intake serve: {cpu / len(mails) * 1000:.1f} ms CPU per mail (receive, process, deliver; "
+          f"{len(mails) / cpu:.0f} mails per CPU-second); peak RSS {rss:.0f} MiB")
     if paced is not None:
         paced_latencies, late = paced
         print(f"paced: {len(paced_latencies)} mails offered at {args.rate:g}/s from {args.paced_clients} clients: "

@@ -21,8 +21,9 @@ from intake.metrics import MetricsUnavailable
 from intake.parse import UnparseableMail
 from intake.pipeline import release, replay
 from intake.service import build_services, renderer_for, serve
-from intake.views import list_inbound, list_outbox, list_tickets, show_ticket
-from models import InboundStatus, OutboxMail, OutboxStatus, Outcome, utcnow
+from intake.staff import revoke_tokens
+from intake.views import list_inbound, list_outbox, list_tickets, parse_ref, show_ticket
+from models import InboundStatus, OutboxMail, OutboxStatus, Outcome, Ticket, utcnow
 from models.db import unit_of_work
 from models.migrate import upgrade
 
@@ -55,7 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _logging(config: Config, serving: bool) -> None:
     """`intake serve` logs at `service.log_level`; the one-shot commands only warnings and errors."""
     level = config.log_level if serving or config.log_level in ("warning", "error") else "warning"
-    known = [*config.own_addresses, *(member.address for member in config.staff)]
+    notify = [address for actions in (config.default_actions, *(rule.actions for rule in config.rules))
+              for address in actions.notify]
+    known = [*config.own_addresses, *(member.address for member in config.staff), *notify]   # not customers
     setup_logging(config.log_format, level, Redactor(known, enabled=config.redact_addresses))
 
 
@@ -90,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     _command(tickets, "show", "show one case", _tickets_show, json_flag=True).add_argument("ref")
     rejected = commands.add_parser("rejected", help="rejection records").add_subparsers(dest="rej", required=True)
     _command(rejected, "list", "list rejected mail", _listing(Outcome.REJECTED, None), json_flag=True)
+    revoke = _command(tickets, "revoke-tokens", "invalidate the staff reply addresses of a case", _revoke_tokens)
+    revoke.add_argument("ref")
+    revoke.add_argument("--staff", help="only this staff member's (default: every member's)")
     held = commands.add_parser("held", help="held mail").add_subparsers(dest="held_command", required=True)
     _command(held, "list", "list held mail", _listing(Outcome.HELD, None), json_flag=True)
     rel = _command(held, "release", "open a case from a held mail", _held_release)
@@ -230,6 +236,16 @@ def _listing(outcome: Outcome | None, status: InboundStatus | None) -> Callable[
                    ("id", "received_at", "reason", "sender", "subject"))
         return 0
     return run
+
+
+def _revoke_tokens(config: Config, args: argparse.Namespace) -> int:
+    number = parse_ref(args.ref, config.case_prefix)
+    with unit_of_work(build_services(config).sessions) as session:
+        if number is None or session.get(Ticket, number) is None:
+            raise LookupError(f"no case {args.ref}")
+        count = revoke_tokens(session, number, utcnow(), args.staff)
+    print(f"{args.ref}: {count} staff reply address(es) revoked")
+    return 0
 
 
 def _held_release(config: Config, args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, TypeVar
 from intake.config_lines import Locator
 from intake.config_routing import policy_problem, read_routing
 from intake.logs import LOG_FORMATS, LOG_LEVELS
+from intake.parse import Limits
 from routing.policy import Organization, Tier
 from routing.rules import Actions, Rule
 from routing.severity import SeverityLevel
@@ -90,6 +91,11 @@ class Config:
     auto_replies_per_hour: int
     max_attachment_bytes: int
     max_attachments: int
+    max_header_bytes: int
+    max_headers: int
+    max_mime_depth: int
+    max_parts: int
+    max_subject_chars: int
     mailboxes: tuple[MailboxConfig, ...]
     levels: tuple[SeverityLevel, ...]
     calendars: Mapping[str, Calendar]
@@ -128,6 +134,12 @@ class Config:
     @property
     def own_addresses(self) -> frozenset[str]:
         return frozenset({self.from_address.lower(), *(m.address.lower() for m in self.mailboxes)})
+
+    @property
+    def parse_limits(self) -> Limits:
+        """What the parse stage refuses or cuts (the SMTP door refuses oversized mail itself, with 552)."""
+        return Limits(self.max_message_bytes, self.max_header_bytes, self.max_headers, self.max_mime_depth,
+                      self.max_parts, self.max_subject_chars)
 
 
 def default_config_path() -> Path:
@@ -280,9 +292,18 @@ class _Builder:
             "auto_replies_per_hour": limits.get("auto_replies_per_hour", int, 5),
             "max_attachment_bytes": limits.get("max_attachment_bytes", int, 10 * 1024 * 1024),
             "max_attachments": limits.get("max_attachments", int, 50),
+            "max_header_bytes": limits.get("max_header_bytes", int, 256 * 1024),
+            "max_headers": limits.get("max_headers", int, 1000),
+            "max_mime_depth": limits.get("max_mime_depth", int, 30),
+            "max_parts": limits.get("max_parts", int, 1000),
+            "max_subject_chars": limits.get("max_subject_chars", int, 998),
         }
         for sec in (smtp, out, limits):
             sec.finish()
+        for key, low, high in (("max_header_bytes", 1024, 2**31), ("max_headers", 10, 10**6),
+                               ("max_mime_depth", 1, 100), ("max_parts", 1, 10**6), ("max_subject_chars", 50, 10**6)):
+            if values[key] is not None and not low <= values[key] <= high:   # depth: the parser recurses per level
+                self.problem("limits", key, f"{values[key]} is out of range ({low} to {high})")
         if values["from_address"] and "@" not in values["from_address"]:
             self.problem("outbound", "from_address", "must be an email address")
         values["mailboxes"] = self._mailboxes()

@@ -27,7 +27,8 @@ class Explanation:
 def explain(raw: bytes, config: Config, recipients: tuple[str, ...] = ()) -> Explanation:
     """Route `raw` as a new request; `recipients` stand for the envelope (default: To and Cc).
     Raises UnparseableMail for input that is not mail."""
-    mail = parse_mail(raw, max_attachment_bytes=config.max_attachment_bytes, max_attachments=config.max_attachments)
+    mail = parse_mail(raw, max_attachment_bytes=config.max_attachment_bytes, max_attachments=config.max_attachments,
+                      limits=config.parse_limits)
     recipients = tuple(r.lower() for r in recipients) or tuple(a.email for a in (*mail.to, *mail.cc) if a.email)
     routed = route_mail(mail, _mailbox(config, recipients), recipients, config)
     severity = routed.facts.severity

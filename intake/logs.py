@@ -7,8 +7,9 @@ log the same shape with `log.info("outbox.sent", extra={"fields": {...}})`.
 
 Redaction happens in the formatters, not in the records: a customer's address is written as
 `a***@acme.example` at INFO and above (DEBUG lines, off unless `service.log_level = "debug"`,
-keep it whole). The service's own addresses and the staff's are not customers' and stay, except
-for the `+token` part of a reply address, which is a credential.
+keep it whole). Addresses the config names (the service's own, the staff's, routing `notify`
+addresses) are not customers' and stay, except for the `+token` part of a reply address, which
+is a credential.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Any, Iterable, Mapping
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-QUIET_LOGGERS = ("mail.log", "apscheduler")     # per-connection and per-job chatter: warnings only
+QUIET_LOGGERS = ("mail.log", "apscheduler", "sqlalchemy")   # per connection, job or statement: warnings only
 _ADDRESS = re.compile(r"(?<![\w.%+-])([A-Za-z0-9._%+-]+)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
 _BARE = re.compile(r"[^\s\"'=\\]+")
 _NOT_ADDRESSES = frozenset({"message_id", "in_reply_to"})   # look like addresses, are identifiers

@@ -33,6 +33,12 @@ Unparseable (``UnparseableMail``), by rule: empty or blank input; an OLE
 compound file (``D0 CF 11 E0``: Outlook .msg); or the first line (after an
 optional mbox ``From `` line) is not a header field ``name:``. Anything else
 parses, however malformed; the malformations are listed in ``defects``.
+
+Limits (``Limits``, from ``[limits]``): over the size, the top-level header section's bytes or
+fields, or the number of MIME parts, the mail is refused before mail-parser builds a tree
+(``MailTooLarge``, ``MailTooComplex``; counted on the bytes, so a mail of a million tiny parts
+costs a scan, not a million objects); nesting deeper than ``max_mime_depth`` is refused after
+the parse; a longer subject is cut (``SubjectTruncated``).
 """
 
 from __future__ import annotations
@@ -63,7 +69,8 @@ from intake.html_text import html_to_text, visible_text
 from intake.logs import log_event
 
 __all__ = [
-    "Address", "Attachment", "ParsedEmail", "UnparseableMail", "parse_mail", "sanitize_filename", "visible_text",
+    "Address", "Attachment", "Limits", "MailTooComplex", "MailTooLarge", "ParsedEmail", "UnparseableMail", "parse_mail",
+    "sanitize_filename", "visible_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,6 +94,9 @@ _CHARSET_SUPERSETS = {  # labels mailers use for text in the wider Windows/WHATW
 _MAX_DEPTH = 64
 _MAX_ENCODED_WORDS = 2000
 _MAX_HEADER_BYTES = 128 * 1024
+_FIELD_START = re.compile(rb"^[^ \t\r\n]", re.M)   # a header line that is no continuation
+_BOUNDARY_PARAM = re.compile(rb'boundary[ \t]*=[ \t]*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.I)
+_DASH_LINE = re.compile(rb"^--([^\r\n]*)", re.M)
 _MAX_ADDRESS_FIELD = 64 * 1024  # about 2,000 addresses; the parser costs ~5 us per character
 _DSN_HEADER_TYPES = frozenset({
     "message/rfc822", "message/global", "message/rfc822-headers",
@@ -96,6 +106,34 @@ _DSN_HEADER_TYPES = frozenset({
 
 class UnparseableMail(Exception):
     """Raised when the bytes are not a mail at all; ``str(exc)`` is a short reason."""
+
+    reason = "unparseable"      # the rejection reason recorded on the inbound mail
+
+
+class MailTooComplex(UnparseableMail):
+    """Over a structural limit (headers, parts, nesting): refused before it costs time and memory."""
+
+    reason = "too_complex"
+
+
+class MailTooLarge(UnparseableMail):
+    """Over the size limit (reached through a door without one, IMAP or import)."""
+
+    reason = "too_large"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one mail may hold (`[limits]`, docs/configuration.md); None: not limited. Over a size
+    or structure limit the mail is refused (MailTooLarge, MailTooComplex; its raw bytes are kept
+    by the store), a longer subject is cut."""
+
+    max_message_bytes: int | None = None
+    max_header_bytes: int | None = None     # the top-level header section
+    max_headers: int | None = None          # fields in the top-level header section
+    max_mime_depth: int | None = None       # nesting below the top (multiparts and attached messages)
+    max_parts: int | None = None            # MIME parts, counted by their delimiter lines
+    max_subject_chars: int | None = None
 
 
 @dataclass(frozen=True)
@@ -142,11 +180,15 @@ def parse_mail(
     envelope_sender: str | None = None,
     max_attachment_bytes: int = 10 * 1024 * 1024,
     max_attachments: int = 50,
+    limits: Limits = Limits(),
 ) -> ParsedEmail:
-    """Parse raw mail bytes; raises only UnparseableMail, whatever the input."""
+    """Parse raw mail bytes; raises only UnparseableMail (or a subclass), whatever the input."""
     _reject_non_mail(raw)
     try:
-        return _build(raw, envelope_sender, max_attachment_bytes, max_attachments)
+        _check_limits(raw, limits)
+        return _build(raw, envelope_sender, max_attachment_bytes, max_attachments, limits)
+    except UnparseableMail:
+        raise
     except Exception as exc:  # the contract: no other exception escapes, for any bytes
         log_event(log, "parse.failed", logging.ERROR, exc_info=True, error=f"{type(exc).__name__}: {exc}")
         raise UnparseableMail(f"internal error: {type(exc).__name__}") from exc
@@ -161,8 +203,56 @@ def _reject_non_mail(raw: bytes) -> None:
         raise UnparseableMail("no header field at the start")
 
 
-def _build(raw: bytes, envelope_sender: str | None, max_bytes: int, max_count: int) -> ParsedEmail:
+def _check_limits(raw: bytes, limits: Limits) -> None:
+    """The limits that can be read off the bytes, checked before any tree is built: a mail of
+    many small parts or headers costs far more memory and time parsed than stored."""
+    if limits.max_message_bytes is not None and len(raw) > limits.max_message_bytes:
+        raise MailTooLarge(f"{len(raw)} bytes, over the limit of {limits.max_message_bytes}")
+    head = raw[:_header_end(raw)]
+    if limits.max_header_bytes is not None and len(head) > limits.max_header_bytes:
+        raise MailTooComplex(f"a header section of {len(head)} bytes, over limits.max_header_bytes "
+                             f"({limits.max_header_bytes})")
+    if limits.max_headers is not None and (fields := len(_FIELD_START.findall(head))) > limits.max_headers:
+        raise MailTooComplex(f"{fields} header fields, over limits.max_headers ({limits.max_headers})")
+    if limits.max_parts is not None and _count_parts(raw, limits.max_parts + 1) > limits.max_parts:
+        raise MailTooComplex(f"more than {limits.max_parts} MIME parts (limits.max_parts)")
+
+
+def _header_end(raw: bytes) -> int:
+    ends = [i for i in (raw.find(b"\n\n"), raw.find(b"\n\r\n")) if i >= 0]
+    return min(ends, default=len(raw))
+
+
+def _count_parts(raw: bytes, stop: int) -> int:
+    """Delimiter lines (`--boundary`) of every boundary the mail declares: what a parser would
+    split into parts, counted without parsing (up to `stop`)."""
+    boundaries = {m.group(1) or m.group(2) for m in _BOUNDARY_PARAM.finditer(raw)}
+    count = 0
+    for line in _DASH_LINE.finditer(raw) if boundaries else ():
+        count += line.group(1).rstrip(b" \t") in boundaries
+        if count >= stop:
+            break
+    return count
+
+
+def _mime_depth(message: Message) -> int:
+    """How deep parts nest below the top: 0 for a single part, 1 for a multipart of single parts."""
+    deepest, stack = 0, [(message, 0)]
+    while stack:
+        part, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in _subparts(part))
+    return deepest
+
+
+def _build(raw: bytes, envelope_sender: str | None, max_bytes: int, max_count: int,
+           limits: Limits = Limits()) -> ParsedEmail:
     message, parsed, defects = _parse_tree(raw)
+    if limits.max_mime_depth is not None:   # past the parser's recursion limit the tree is headers only
+        depth = None if "NestingTooDeep" in defects else _mime_depth(message)
+        if depth is None or depth > limits.max_mime_depth:
+            raise MailTooComplex(f"parts nested {'deeper than the parser follows' if depth is None else depth} "
+                                 f"levels, over limits.max_mime_depth ({limits.max_mime_depth})")
     raw_headers = _raw_headers(message)
     headers = {name: tuple(_decode_words(v).strip() for v in vs) for name, vs in raw_headers.items()}
     to, cc, reply_to = (
@@ -175,7 +265,7 @@ def _build(raw: bytes, envelope_sender: str | None, max_bytes: int, max_count: i
         message_id=next(iter(_message_ids(headers.get("message-id", ())[:1])), None),
         in_reply_to=_message_ids(headers.get("in-reply-to", ())),
         references=_message_ids(headers.get("references", ())),
-        subject=_SPACES.sub(" ", headers.get("subject", ("",))[0]).strip(),
+        subject=_subject(headers, limits.max_subject_chars, defects),
         sender=sender,
         to=to,
         cc=cc,
@@ -210,6 +300,14 @@ def _stdlib_tree(raw: bytes, reason: str) -> tuple[Message, None, list[str]]:
         return message_from_bytes(raw), None, [reason]
     except RecursionError:  # the stdlib parser recurses once per multipart level
         return BytesParser().parsebytes(raw, headersonly=True), None, [reason, "NestingTooDeep"]
+
+
+def _subject(headers: Mapping[str, tuple[str, ...]], limit: int | None, defects: list[str]) -> str:
+    subject = _SPACES.sub(" ", headers.get("subject", ("",))[0]).strip()
+    if limit is not None and len(subject) > limit:
+        defects.append("SubjectTruncated")
+        subject = subject[:limit].rstrip()
+    return subject
 
 
 def _costly_for_mailparser(raw: bytes) -> str | None:

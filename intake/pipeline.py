@@ -139,9 +139,10 @@ def _process(session: Session, services: Services, inbound: InboundMail, releasi
     ctx = Context(config, services.outbox, services.clock())
     try:
         mail = parse_mail(inbound.raw, envelope_sender=inbound.envelope_sender,
-                          max_attachment_bytes=config.max_attachment_bytes, max_attachments=config.max_attachments)
+                          max_attachment_bytes=config.max_attachment_bytes, max_attachments=config.max_attachments,
+                          limits=config.parse_limits)
     except UnparseableMail as exc:
-        inbound.outcome, inbound.reason, inbound.detail = Outcome.REJECTED, "unparseable", str(exc)
+        inbound.outcome, inbound.reason, inbound.detail = Outcome.REJECTED, exc.reason, str(exc)
         return None
     inbound.sender, inbound.subject = mail.sender.email or inbound.envelope_sender, mail.subject
     screening = screen(mail, inbound.envelope_sender, config.own_addresses)

@@ -27,6 +27,8 @@ from notifications.sender import SmtpSender
 
 log = logging.getLogger("intake.serve")
 
+GATHER_SECONDS = 0.05   # a pass costs a claim, a result write and an SMTP session, whatever it sends
+
 
 def renderer_for(config: Config) -> Renderer:
     search = [config.templates_dir] if config.templates_dir else []
@@ -120,3 +122,5 @@ def outbox_worker(services: Services | ServicesHolder, stopping: threading.Event
             report = None
         if report is None or not (report.sent or report.retried or report.failed):
             wake.wait(idle_seconds)
+        else:       # more mail is likely on its way: a short pause lets the next pass take it in one batch
+            stopping.wait(GATHER_SECONDS)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from intake.apply import Context, add_event, add_message, reply_address, ticket_context
@@ -19,7 +20,7 @@ from intake.config import Config
 from intake.correlate import Thread, reply_tokens
 from intake.lifecycle import change_status
 from intake.parse import ParsedEmail, visible_text
-from models import InboundMail, Message, Participant, StaffToken, Ticket, TicketStatus
+from models import Event, InboundMail, Message, Participant, StaffToken, Ticket, TicketStatus
 from notifications.outbox import Outgoing
 from routing.commands import HELP, Command, CommandError, Vocabulary, parse_commands
 from routing.policy import domain_of
@@ -41,12 +42,21 @@ def _hash(token: str) -> str:
 
 
 def issue_token(session: Session, ctx: Context, ticket: Ticket, staff_address: str) -> str:
-    """A fresh secret reply address for one staff member on one case; only its hash is stored."""
+    """A fresh secret reply address for one staff member on one case; only its hash is stored
+    (inserted at once, outside the ORM's flush: nothing reads it back as an object)."""
     token = "s" + secrets.token_hex(TOKEN_BYTES)
-    session.add(StaffToken(ticket_id=ticket.id, staff_address=staff_address, token_hash=_hash(token),
-                           created_at=ctx.now))
+    session.connection().execute(insert(StaffToken.__table__), dict(
+        ticket_id=ticket.id, staff_address=staff_address, token_hash=_hash(token), created_at=ctx.now))
     local = ctx.config.from_address.partition("@")[0]
     return f"{local}+{token}@{ctx.config.reply_domain}"
+
+
+def revoke_tokens(session: Session, ticket_id: int, now: datetime, staff_address: str | None = None) -> int:
+    """Invalidate the case's staff reply addresses (one member's, or all); returns how many."""
+    query = update(StaffToken).where(StaffToken.ticket_id == ticket_id, StaffToken.revoked_at.is_(None))
+    if staff_address is not None:
+        query = query.where(StaffToken.staff_address == staff_address.lower())
+    return session.execute(query.values(revoked_at=now)).rowcount or 0
 
 
 def is_staff(config: Config, address: str) -> bool:
@@ -76,11 +86,20 @@ def classify(session: Session, config: Config, mail: ParsedEmail, recipients: tu
 
 
 def record_suspect(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEmail, staff: StaffMail) -> None:
-    """A mail claiming staff authority it cannot prove: kept as a customer message, flagged, staff told."""
+    """A mail claiming staff authority it cannot prove: kept as a customer message, flagged, staff told.
+    Anyone can forge a staff From, and a staff member's auto-responder answering the notice forges
+    one too, so notices on one case are limited like automatic answers (`limits.auto_replies_per_hour`
+    an hour); past that the event is still recorded, with `notified: false`."""
     message = add_message(session, staff.ticket, inbound, mail, "customer")
+    recent = session.scalar(select(func.count(Event.id)).where(
+        Event.ticket_id == staff.ticket.id, Event.kind == "suspected_spoofing",
+        Event.at > ctx.now - timedelta(hours=1))) or 0
+    notify = recent < ctx.config.auto_replies_per_hour
     add_event(session, staff.ticket, "suspected_spoofing", ctx.now, mail.sender.email,
-              {"claimed": staff.actor, "why": staff.why, "message_id": mail.message_id})
-    notify_staff(session, ctx, staff.ticket, inbound, message, "suspected_spoofing")
+              {"claimed": staff.actor, "why": staff.why, "message_id": mail.message_id, **({} if notify else
+                                                                                        {"notified": False})})
+    if notify:
+        notify_staff(session, ctx, staff.ticket, inbound, message, "suspected_spoofing")
 
 
 def apply_staff_mail(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEmail,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Mapping
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from models import Direction, Message, OutboxMail
@@ -43,9 +43,14 @@ class Outbox:
         self.domain = from_address.rpartition("@")[2]
         self.base_context = dict(base_context)
 
-    def enqueue(self, session: Session, out: Outgoing, now: datetime) -> OutboxMail | None:
-        """Render and store one mail; None if this dedupe key was enqueued before."""
-        if _enqueued(session, out.dedupe_key):
+    def enqueue(self, session: Session, out: Outgoing, now: datetime) -> int | None:
+        """Render and store one mail; returns its row id, or None if this dedupe key was enqueued before.
+
+        The row is inserted at once on the session's connection, outside the ORM: nothing reads it
+        back as an object, so it skips the flush's bookkeeping, and the dedupe and rate-limit
+        queries see it without an autoflush (which would write the case in several small flushes)."""
+        connection = session.connection()
+        if connection.execute(_BY_KEY, {"key": out.dedupe_key}).first() is not None:
             return None
         rendered = self.renderer.render(out.kind, {**self.base_context, **out.context})
         message_id = new_message_id(self.domain)
@@ -54,41 +59,31 @@ class Outbox:
                             in_reply_to=out.in_reply_to, references=out.references, reply_to=out.reply_to,
                             auto_submitted=out.auto_submitted or ("auto-replied" if out.automatic else None),
                             extra_headers=out.extra)
-        row = OutboxMail(dedupe_key=out.dedupe_key, kind=out.kind, ticket_id=out.ticket_id, inbound_id=out.inbound_id,
-                         recipient=out.to[0].lower(), recipients=[*out.to, *out.cc], sender=self.from_address,
-                         automatic=out.automatic, message_id=message_id.strip("<>"), subject=rendered.subject,
-                         raw=raw, next_attempt_at=now, created_at=now)
-        session.add(row)
+        row_id: int = connection.execute(insert(_OUTBOX), dict(
+            dedupe_key=out.dedupe_key, kind=out.kind, ticket_id=out.ticket_id, inbound_id=out.inbound_id,
+            recipient=out.to[0].lower(), recipients=[*out.to, *out.cc], sender=self.from_address,
+            automatic=out.automatic, message_id=message_id.strip("<>"), subject=rendered.subject,
+            raw=raw, next_attempt_at=now, created_at=now)).inserted_primary_key[0]
         if out.ticket_id is not None and out.record_on_ticket:
             session.add(Message(ticket_id=out.ticket_id, direction=Direction.OUT, author=out.author or self.from_address,
                                 kind=out.kind, subject=rendered.subject, body_text=rendered.text,
-                                message_id=row.message_id, created_at=now))
-        return row
+                                message_id=message_id.strip("<>"), created_at=now))
+        return row_id
 
 
-def _pending(session: Session) -> list[OutboxMail]:
-    """Rows enqueued in this transaction and not flushed yet.
-
-    The checks below read these and query without autoflush: an autoflush before each query
-    would write the case's rows in several small flushes instead of one at commit."""
-    return [obj for obj in session.new if isinstance(obj, OutboxMail)]
-
-
-def _enqueued(session: Session, dedupe_key: str) -> bool:
-    if any(row.dedupe_key == dedupe_key for row in _pending(session)):
-        return True
-    with session.no_autoflush:
-        return session.scalar(select(OutboxMail.id).where(OutboxMail.dedupe_key == dedupe_key)) is not None
+_OUTBOX = OutboxMail.__table__
+_BY_KEY = select(_OUTBOX.c.id).where(_OUTBOX.c.dedupe_key == bindparam("key")).limit(1)
+_AUTOMATIC_SINCE = select(func.count()).select_from(_OUTBOX).where(
+    _OUTBOX.c.recipient == bindparam("recipient"), _OUTBOX.c.automatic.is_(True),
+    _OUTBOX.c.created_at >= bindparam("since"))
 
 
 def automatic_answers_sent(session: Session, recipient: str, since: datetime) -> int:
-    """How many automatic answers went to this address since `since` (the rate limit's count)."""
-    address = recipient.lower()
-    with session.no_autoflush:
-        stored = session.scalar(select(func.count(OutboxMail.id)).where(
-            OutboxMail.recipient == address, OutboxMail.automatic.is_(True), OutboxMail.created_at >= since)) or 0
-    return stored + sum(1 for row in _pending(session)
-                        if row.recipient == address and row.automatic and row.created_at >= since)
+    """How many automatic answers went to this address since `since` (the rate limit's count).
+    A Core query on the session's connection: rows are never pending (enqueue inserts at once),
+    so it needs no autoflush, nor the ORM's per-query work."""
+    return session.connection().execute(
+        _AUTOMATIC_SINCE, {"recipient": recipient.lower(), "since": since}).scalar() or 0
 
 
 def may_answer(session: Session, recipient: str, now: datetime, per_hour: int) -> bool:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from models import OutboxMail, OutboxStatus, utcnow
 from models.db import make_engine
+from notifications.delivery import LEASE
 from tests.conftest import crlf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,12 +172,13 @@ class Database:
         outbox = self.rows("SELECT id, kind, attempts, next_attempt_at, last_error FROM outbox WHERE status <> 'sent'")
         return f"not settled: inbound {inbound}; outbox {outbox}"
 
-    def only_leased_left(self) -> bool:
-        """Every outgoing mail still pending is leased (claimed by a worker) for at least another minute."""
+    def only_leased_left(self, claimed_before: datetime) -> bool:
+        """Every outgoing mail still pending was claimed (leased) before `claimed_before`: none is
+        due, and none is in the hands of a worker that is running now."""
         with Session(self.engine) as session:
             due = list(session.scalars(select(OutboxMail.next_attempt_at).where(
                 OutboxMail.status == OutboxStatus.PENDING)))
-        return bool(due) and all(at > utcnow() + timedelta(minutes=1) for at in due)
+        return bool(due) and all(utcnow() + timedelta(minutes=1) < at <= claimed_before + LEASE for at in due)
 
     def outbox_ids(self) -> dict[str, str]:
         """Message-ID -> kind of every outgoing mail the service wrote."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from models import utcnow
 from tests.conftest import CaptureServer, free_port, make_mail, run_cli, write_config
 from tests.harness import Database, Serve, captured_ids, send_until_stored, wait_until
 
@@ -38,11 +39,14 @@ def test_killed_at_a_named_point_every_mail_ends_once_and_every_answer_arrives_o
     db = Database(db_url)
     running = [Serve(config, port, log, crash_at=point)]
     exits: list[int] = []
+    died = utcnow()
 
     def restart_if_dead() -> None:
         """A supervisor's job: the killed service is started again, without the crash point."""
+        nonlocal died
         if not running[0].alive():
             exits.append(running[0].wait_exit())
+            died = utcnow()
             running[0] = Serve(config, port, log)
 
     try:
@@ -58,7 +62,7 @@ def test_killed_at_a_named_point_every_mail_ends_once_and_every_answer_arrives_o
             assert attempts[0].codes == [250]
             # The dead worker leased what it had claimed for five minutes; `outbox retry` (an
             # administrator's command) stands in for waiting until the lease runs out.
-            wait_until(db.only_leased_left, 20, "only the dead worker's leases left")
+            wait_until(lambda: db.only_leased_left(died), 20, "only the dead worker's leases left")
             assert run_cli("--config", str(config), "outbox", "retry")[0] == 0
         wait_until(db.settled, 20, db.unsettled)
 

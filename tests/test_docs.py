@@ -155,3 +155,16 @@ def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     copy.write_text(unit.replace("/opt/intake/venv/bin/intake", str(installed)))
     done = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout + done.stderr) == (0, ""), done.stdout + done.stderr
+
+
+def test_the_postfix_settings_of_the_deploy_guide_are_all_known_to_postfix(tmp_path: Path) -> None:
+    postconf = shutil.which("postconf") or ("/usr/sbin/postconf" if Path("/usr/sbin/postconf").exists() else None)
+    if postconf is None:
+        pytest.skip("Postfix is not installed here (apt-get install postfix to check the guide's main.cf)")
+    guide = (DOCS / "deploy.md").read_text()
+    main_cf = guide.split("`/etc/postfix/main.cf` (additions):\n\n```\n", 1)[1].split("```", 1)[0]
+    assert "transport_maps" in main_cf and "relayhost" in main_cf
+    (tmp_path / "main.cf").write_text(main_cf)
+    (tmp_path / "master.cf").write_text("")
+    done = subprocess.run([postconf, "-c", str(tmp_path), "-n"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "unused parameter" not in done.stderr, done.stderr

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from models import utcnow
 from tests.conftest import CaptureServer, free_port, make_mail, run_cli, write_config
 from tests.harness import (Attempts, Database, Serve, TcpProxy, captured_ids, in_threads, proxied_url,
                            send_until_stored, smtp_send, wait_until)
@@ -51,38 +52,39 @@ def test_postgresql_away_mid_load_gives_451_never_a_false_250_and_recovers_by_it
     config = write_config(tmp_path, proxied_url(db_url, proxy.port), port, capture.port)
     db = Database(db_url)                       # the test itself reads the database directly
     serve = Serve(config, port, tmp_path / "serve.log")
-    outage: dict[str, float] = {}
+    results: list[list[Attempts]] = []
 
     def client(first: int) -> list[Attempts]:
         return [send_until_stored(lambda: port, *_customer_mail(n), timeout=60)
                 for n in range(first, first + PER_CLIENT)]
 
     try:
-        load = threading.Thread(target=lambda: outage.update(results=list(in_threads(  # type: ignore[arg-type]
-            [lambda i=i: client(i * PER_CLIENT) for i in range(CLIENTS)]))))
+        load = threading.Thread(target=lambda: results.extend(in_threads(
+            [lambda i=i: client(i * PER_CLIENT) for i in range(CLIENTS)])))
         load.start()
         wait_until(lambda: db.scalar("SELECT count(*) FROM inbound_mail") >= 6, 30, "load under way")
         proxy.cut()
-        outage["cut"] = time.monotonic()
+        cut = time.monotonic()
         probe, probe_sender = _customer_mail(1000)
         assert smtp_send(port, probe, probe_sender, ("support@example.com",)) == 451
         time.sleep(1.5)                         # the outage lasts a while: the senders keep retrying
-        outage["restored"] = time.monotonic()
+        restored, restored_at = time.monotonic(), utcnow()
         proxy.restore()
         assert send_until_stored(lambda: port, probe, probe_sender, timeout=30).delivered
         load.join(90)
         assert not load.is_alive()
-        attempts = [a for per_client in outage["results"] for a in per_client]  # type: ignore[union-attr]
-        assert all(a.delivered for a in attempts), [a.codes for a in attempts]
+        attempts = [a for per_client in results for a in per_client]
+        assert len(attempts) == CLIENTS * PER_CLIENT and all(a.delivered for a in attempts), \
+            [a.codes for a in attempts]
         assert any(451 in a.codes for a in attempts), "some sender met the outage"
-        during = [a for a in attempts if outage["cut"] + 0.5 < (a.stored_at or 0) < outage["restored"]]
+        during = [a for a in attempts if cut + 0.5 < (a.stored_at or 0) < restored]
         assert during == [], "a 250 while the database was away"
         assert serve.alive()                    # recovered by itself: no restart
         # Mails the worker had claimed when the database went away stay leased for five minutes;
         # once a pass after the outage went through (the probe was answered), `outbox retry`
         # stands in for that wait. A sent mail whose result was not yet written must not go again.
-        wait_until(lambda: db.settled() or (db.only_leased_left() and _answered(db, probe_sender)), 30,
-                   db.unsettled)
+        wait_until(lambda: db.settled() or (db.only_leased_left(restored_at) and _answered(db, probe_sender)),
+                   30, db.unsettled)
         if not db.settled():
             assert run_cli("--config", str(config), "outbox", "retry")[0] == 0
         _assert_every_mail_once(db, capture, CLIENTS * PER_CLIENT + 1)

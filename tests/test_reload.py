@@ -20,7 +20,7 @@ from intake.reload import ServicesHolder
 from intake.service import build_services, outbox_for
 from intake.smtp_listener import start_listener
 from tests.conftest import EXTRA_CONFIG, CaptureServer, free_port, make_mail, run_cli, write_config
-from tests.test_reliability import _send, _serve, _stop, _wait_listening
+from tests.harness import Serve, smtp_send
 
 RULE = """
 [[routing.rules]]
@@ -123,21 +123,23 @@ def test_a_mail_in_flight_finishes_under_the_config_it_started_with(
     assert queues(path) == ["billing", "oncall"]
 
 
+def _send(port: int, raw: bytes) -> int:
+    return smtp_send(port, raw, "ann@acme.example", ("support@example.com",))
+
+
 class Output:
-    """The merged stdout and stderr of a child process, read as it comes."""
+    """The merged stdout and stderr of a child process, from its log file."""
 
-    def __init__(self, proc: Any) -> None:
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self._thread.start()
+    def __init__(self, serve: Serve) -> None:
+        self.serve = serve
 
-    def _read(self, proc: Any) -> None:
-        for line in proc.stdout:
-            self.lines.append(line.decode(errors="replace"))
+    @property
+    def lines(self) -> list[str]:
+        return self.serve.output().splitlines()
 
     @property
     def text(self) -> str:
-        return "".join(self.lines)
+        return self.serve.output()
 
     def wait_for(self, needle: str, after: int = 0, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
@@ -153,10 +155,9 @@ def test_sighup_reloads_the_rules_of_a_running_serve_and_refuses_a_broken_config
         tmp_path: Path, db_url: str, capture: CaptureServer) -> None:
     port = free_port()
     config = write_config(tmp_path, db_url, port, capture.port, EXTRA_CONFIG + RULE)
-    proc = _serve(config)
-    output = Output(proc)
+    serve = Serve(config, port, tmp_path / "serve.log")
+    proc, output = serve.proc, Output(serve)
     try:
-        _wait_listening(port, proc)
         assert _send(port, make_mail("[SEV-3] before")) == 250
 
         with_queue(config, "oncall")
@@ -175,4 +176,4 @@ def test_sighup_reloads_the_rules_of_a_running_serve_and_refuses_a_broken_config
         assert proc.poll() is None
         assert queues(config) == ["billing", "oncall", "oncall"]
     finally:
-        _stop(proc)
+        serve.kill()

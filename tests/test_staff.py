@@ -2,13 +2,8 @@
 all-or-nothing, replies relayed to the customer, notes kept internal, spoofing refused."""
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
-from sqlalchemy import update
 
-from models import StaffToken, utcnow
-from models.db import unit_of_work
 from tests.conftest import CaptureServer, RunningService, make_mail
 
 pytestmark = pytest.mark.integration
@@ -120,8 +115,8 @@ def test_cc_adds_a_participant_who_then_gets_the_relay(staffed: RunningService, 
 
 
 def _revoke_all(service: RunningService) -> None:
-    with unit_of_work(service.services.sessions) as session:
-        session.execute(update(StaffToken).values(revoked_at=utcnow()))
+    code, out = service.cli("tickets", "revoke-tokens", "CASE-1")
+    assert code == 0 and "2 staff reply address(es) revoked" in out, out
 
 
 TRUSTED_AR = "mx.example.com; dkim=pass header.d=example.com header.s=s1; spf=pass smtp.mailfrom=alice@example.com"
