@@ -124,12 +124,16 @@ class Options:
 def fresh_database(opts: Options, name: str) -> str:
     if opts.database == "sqlite":
         return f"sqlite:///{opts.tmp / f'{name}.db'}"
+    _admin(opts, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}")
+    return opts.pg_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _admin(opts: Options, *statements: str) -> None:
     admin = create_engine(opts.pg_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        conn.execute(text(f"CREATE DATABASE {name}"))
+        for statement in statements:
+            conn.execute(text(statement))
     admin.dispose()
-    return opts.pg_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 @contextmanager
@@ -316,6 +320,9 @@ def main() -> None:
                 paced = send_paced(port, corpus(args.paced_mails, seed=11), args.rate, args.paced_clients)
     finally:
         relay.stop()
+        if opts.database == "postgresql":
+            _admin(opts, *(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                           for name in ("intake_bench_load", "intake_bench_paced")))
     load_after = os.getloadavg()
     rates = ceilings(mails, opts.tmp, args.pg_url if args.database == "postgresql" else None)
 

@@ -59,7 +59,8 @@ class Result:
 
 
 def ingest(services: Services, raw: bytes, envelope: Envelope) -> Result:
-    """Store durably, then process. Raises only if the mail could not be stored."""
+    """Store durably, then process. Raises when the database fails: before the store (nothing kept)
+    or while processing (the mail is kept as `received`; a retry finishes it)."""
     started = time.monotonic()
     stored: Stored = store(services.sessions, raw, envelope, services.clock())
     crash_point("after_commit")
@@ -77,7 +78,8 @@ def ingest(services: Services, raw: bytes, envelope: Envelope) -> Result:
 
 def process(services: Services, inbound_id: int, *, releasing: bool = False,
             released_severity: int | None = None) -> Result:
-    """Run stages 2-6 on a stored mail in one transaction; quarantine it on any failure."""
+    """Run stages 2-6 on a stored mail in one transaction; quarantine it on any failure but the
+    database's own (OperationalError, re-raised)."""
     try:
         with unit_of_work(services.sessions) as session:
             inbound = session.get(InboundMail, inbound_id, with_for_update=True)
@@ -92,9 +94,11 @@ def process(services: Services, inbound_id: int, *, releasing: bool = False,
             inbound.status, inbound.processed_at = InboundStatus.PROCESSED, services.clock()
             crash_point("before_process_commit")
         result = _result(inbound_id, inbound)
-    except OperationalError as exc:     # the database is away or full: not the mail's fault, so no quarantine;
-        log_event(log, "mail.deferred", logging.WARNING, inbound=inbound_id,   # it stays `received` and the
-                  error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}")   # retry or resume_received finishes it
+    except OperationalError as exc:
+        # The database is away, full or deadlocked: not the mail's fault, so no quarantine. The mail
+        # stays `received`; the sender's retry (a duplicate) or resume_received finishes it.
+        log_event(log, "mail.deferred", logging.WARNING, inbound=inbound_id,
+                  error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
         raise
     except Exception as exc:    # the boundary: any fault becomes a quarantined mail, never a lost one
         facts: dict[str, str | None] = {}

@@ -7,7 +7,7 @@ from datetime import datetime
 from email.parser import BytesHeaderParser
 from email import policy
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -91,21 +91,21 @@ def store(sessions: sessionmaker[Session], raw: bytes, envelope: Envelope, now: 
     """Commit the raw mail unless it is already here (same Message-ID, same bytes or same IMAP message).
 
     The unique constraints on exactly those keys detect a duplicate, so a new mail costs one
-    INSERT and its commit; only a refused INSERT looks the stored one up."""
+    INSERT (a plain one: the row is not used as an object here) and its commit; only a refused
+    INSERT looks the stored one up."""
     digest = hashlib.sha256(raw).hexdigest()
     message_id = header_message_id(raw)
+    values = dict(received_at=now, door=envelope.door, mailbox=envelope.mailbox, envelope_sender=envelope.sender,
+                  envelope_recipients=list(envelope.recipients), raw=raw, sha256=digest, message_id=message_id,
+                  auto_answer=envelope.auto_answer)
+    if envelope.imap is not None:
+        values.update(imap_folder=envelope.imap.folder, imap_uidvalidity=envelope.imap.uidvalidity,
+                      imap_uid=envelope.imap.uid)
     try:
         with unit_of_work(sessions) as session:
-            row = InboundMail(received_at=now, door=envelope.door, mailbox=envelope.mailbox,
-                              envelope_sender=envelope.sender, envelope_recipients=list(envelope.recipients),
-                              raw=raw, sha256=digest, message_id=message_id, auto_answer=envelope.auto_answer)
-            if envelope.imap is not None:
-                row.imap_folder, row.imap_uidvalidity, row.imap_uid = (
-                    envelope.imap.folder, envelope.imap.uidvalidity, envelope.imap.uid)
-            session.add(row)
-            session.flush()
+            inserted = session.connection().execute(insert(InboundMail.__table__), values)
             crash_point("before_commit")
-        return Stored(row.id, duplicate=False)
+        return Stored(inserted.inserted_primary_key[0], duplicate=False)
     except IntegrityError:      # stored before, or a moment ago by another session or instance
         found = _find_existing(sessions, digest, message_id, envelope)
         if found is None:

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -49,7 +50,8 @@ def _sqlite_begin_immediate(conn: Any) -> None:
     """Take SQLite's write lock at BEGIN: a read-then-write transaction can then never fail
     half-way because another connection committed in between (SQLITE_BUSY_SNAPSHOT)."""
     writer: _Writer = conn.connection.dbapi_connection
-    writer.take_lock()
+    if not writer.take_lock():      # as SQLite's own busy timeout would end
+        raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
     try:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     except BaseException:
@@ -62,14 +64,14 @@ class _Writer(sqlite3.Connection):
 
     Threads of one process (the SMTP door, the outbox worker, the sweeps) then queue on a lock
     that is handed over when a transaction ends, instead of SQLite's busy handler, which polls
-    with sleeps of 1 to 100 ms. Waiting longer than the busy timeout fails as SQLite would."""
+    with sleeps of 1 to 100 ms."""
     lock: threading.Lock
     holding = False
 
-    def take_lock(self) -> None:
-        if not self.lock.acquire(timeout=BUSY_TIMEOUT_SECONDS):
-            raise sqlite3.OperationalError("database is locked")
-        self.holding = True
+    def take_lock(self) -> bool:
+        """False when the lock was not free within the busy timeout."""
+        self.holding = self.lock.acquire(timeout=BUSY_TIMEOUT_SECONDS)
+        return self.holding
 
     def drop_lock(self) -> None:
         if self.holding:

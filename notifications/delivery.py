@@ -2,18 +2,16 @@
 
 A row is claimed by pushing its next attempt into the future (a lease) in a short
 transaction, under `FOR UPDATE SKIP LOCKED` where the database has it, so several
-instances never send the same row at once. Results are recorded in one transaction per
-second of sending (and at the end of the pass) rather than one commit per mail. If the process
-dies after the relay accepted a mail but before its row is marked sent, the lease runs out
-and the mail is sent again: the only window in which a recipient can get a mail twice, at
-most one second of sending long. Results that cannot be written because the database went away
+instances never send the same row at once. Each result is recorded right after its send,
+so if the process dies after the relay accepted a mail but before its row is marked sent,
+the lease runs out and that one mail is sent again: the only window in which a recipient
+can get a mail twice, as small as SMTP allows. Results that cannot be written because the database went away
 are kept in memory and written first on the next pass, so an outage alone sends nothing twice.
 """
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable
@@ -31,7 +29,6 @@ log = logging.getLogger("intake.delivery")
 LEASE = timedelta(minutes=5)
 FIRST_RETRY = timedelta(seconds=30)
 MAX_RETRY = timedelta(hours=1)
-RECORD_EVERY_SECONDS = 1.0
 _unrecorded: list[dict[str, Any]] = []     # send results a pass could not write (the database was away)
 _unrecorded_lock = threading.Lock()
 
@@ -104,23 +101,18 @@ def _facts(row: OutboxMail, **more: object) -> dict[str, Any]:
 
 
 class _Outcomes:
-    """Send results waiting to be recorded: written together once the oldest is a second old,
-    and at the end of the pass."""
+    """Send results, each written as soon as it is known; ones the database could not take wait here."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
         self.waiting: list[dict[str, Any]] = []
-        self.oldest = 0.0
         self.counts = dict.fromkeys(OutboxStatus, 0)
 
     def add(self, row_id: int, status: OutboxStatus, when: datetime, error: str | None) -> None:
-        if not self.waiting:
-            self.oldest = time.monotonic()
         self.waiting.append({"id": row_id, "status": status, "last_error": error,
                              "sent_at" if status is OutboxStatus.SENT else "next_attempt_at": when})
         self.counts[status] += 1
-        if time.monotonic() - self.oldest >= RECORD_EVERY_SECONDS:
-            self.write()
+        self.write()
 
     def write(self) -> None:
         if self.waiting:

@@ -21,7 +21,7 @@ from tests.harness import (Attempts, Database, Serve, TcpProxy, captured_ids, in
                            send_until_stored, smtp_send, wait_until)
 
 pytestmark = pytest.mark.integration
-CLIENTS, PER_CLIENT = 3, 12
+CLIENTS, PER_CLIENT = 3, 20
 
 
 def _customer_mail(n: int) -> tuple[bytes, str]:
@@ -42,10 +42,9 @@ def _assert_every_mail_once(db: Database, capture: CaptureServer, mails: int) ->
     assert captured_ids(capture.all_mails) == {mid: 1 for mid in written}
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)   # SQLite: the disk-full test below
 def test_postgresql_away_mid_load_gives_451_never_a_false_250_and_recovers_by_itself(
         tmp_path: Path, db_url: str, capture: CaptureServer) -> None:
-    if db_url.startswith("sqlite"):
-        pytest.skip("the database going away is a PostgreSQL matter; SQLite's disk-full test is below")
     target = make_url(db_url)
     proxy = TcpProxy((target.host or "127.0.0.1", target.port or 5432))
     port = free_port()
@@ -104,14 +103,13 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, resource.RLIM_INFINITY))
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)   # PostgreSQL: its own server's matter
 def test_sqlite_disk_full_gives_a_clear_451_no_corruption_and_recovers_when_space_returns(
         tmp_path: Path, db_url: str, capture: CaptureServer) -> None:
     """A full disk, emulated with the kernel's file-size limit (RLIMIT_FSIZE) on the serving
     process: a write that would grow the database or its WAL past the limit is cut short and then
     refused (EFBIG, where a full disk gives ENOSPC), and SQLite reports it as it reports a full
     disk. No mount, no root, and only this process is affected."""
-    if not db_url.startswith("sqlite"):
-        pytest.skip("a full disk under PostgreSQL is the database server's matter")
     port = free_port()
     config = write_config(tmp_path, db_url, port, capture.port)
     db_file = Path(db_url.removeprefix("sqlite:///"))
