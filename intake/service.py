@@ -27,7 +27,7 @@ from notifications.sender import SmtpSender
 
 log = logging.getLogger("intake.serve")
 
-GATHER_SECONDS = 0.25   # a pass costs a claim, a result write and an SMTP session, whatever it sends
+GATHER_SECONDS = 0.25   # a pass costs a claim and an SMTP session, whatever it sends
 
 
 def renderer_for(config: Config) -> Renderer:
