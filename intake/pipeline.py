@@ -59,20 +59,32 @@ class Result:
 
 
 def ingest(services: Services, raw: bytes, envelope: Envelope) -> Result:
-    """Store durably, then process. Raises when the database fails: before the store (nothing kept)
-    or while processing (the mail is kept as `received`; a retry finishes it)."""
+    """Store durably, then process (the IMAP door and `intake import`). Raises when the database
+    fails: before the store (nothing kept) or while processing (the mail is kept as `received`;
+    a retry finishes it)."""
     started = time.monotonic()
-    stored: Stored = store(services.sessions, raw, envelope, services.clock())
+    return finish(services, accept(services, raw, envelope), envelope.door, started)
+
+
+def accept(services: Services, raw: bytes, envelope: Envelope) -> Stored:
+    """Stage 1 alone, the durability point: what the SMTP door answers `250` on. Raises when the
+    database fails (nothing kept, the sender retries)."""
+    stored = store(services.sessions, raw, envelope, services.clock())
     crash_point("after_commit")
     if stored.duplicate:
         log_event(log, "mail.duplicate", message_id=header_message_id(raw), mailbox=envelope.mailbox,
                   door=envelope.door, inbound=stored.inbound_id)
-        process(services, stored.inbound_id)    # a no-op unless an outage cut the first processing short
+    return stored
+
+
+def finish(services: Services, stored: Stored, door: str, started: float) -> Result:
+    """Stages 2-6 on an accepted mail. A duplicate is processed too: a no-op unless an outage cut
+    the first processing short."""
+    result = process(services, stored.inbound_id)
+    if stored.duplicate:
         result = Result(stored.inbound_id, None, "duplicate", duplicate=True)
-    else:
-        result = process(services, stored.inbound_id)
     outcome = "duplicate" if result.duplicate else result.outcome.value if result.outcome else "quarantined"
-    metrics.received(envelope.door, outcome, time.monotonic() - started)
+    metrics.received(door, outcome, time.monotonic() - started)
     return result
 
 

@@ -14,6 +14,7 @@ from intake.crashpoints import crash_point
 from intake.imap_poller import PollerThread, start_pollers
 from intake.logs import log_event
 from intake.pipeline import Services, resume_received
+from intake.processor import Processor
 from intake.reload import ServicesHolder, Signals, holding
 from intake.smtp_listener import serving, start_listener
 from intake.sweep import SWEEP_SECONDS, run_sweeps
@@ -62,7 +63,9 @@ def serve(config: Config) -> None:
         log_event(log, "serve.resumed", mails=resumed)
     single_writer = config.database_url.startswith("sqlite")
     executor = ThreadPoolExecutor(max_workers=1 if single_writer else 4, thread_name_prefix="ingest")
-    listener = start_listener(holder, executor, config.smtp_host, config.smtp_port)
+    processor = Processor()
+    processor.start()
+    listener = start_listener(holder, executor, processor, config.smtp_host, config.smtp_port)
     resume = (lambda: resume_received(holder.current, timedelta(minutes=1)), 60)
     sweeps = (lambda: metrics.swept(run_sweeps(holder.current, holder.current.clock())), SWEEP_SECONDS)
     scheduler = start_scheduler({"resume_received": resume, "sweeps": sweeps})
@@ -71,7 +74,7 @@ def serve(config: Config) -> None:
     pollers = start_pollers(holder, stopping)
     metrics.prepare(thread.poller.address for thread in pollers)
     if monitor is not None:
-        monitor.start(health_checks(holder, lambda: serving(listener), pollers))
+        monitor.start(health_checks(holder, lambda: serving(listener), processor, pollers))
     log_event(log, "serve.started", smtp=f"{config.smtp_host}:{config.smtp_port}",
               metrics=monitor.address if monitor else "off", imap_mailboxes=len(pollers))
     signals.run(stopping, lambda: holder.reload(config.path, outbox_for))
@@ -80,20 +83,22 @@ def serve(config: Config) -> None:
     listener.stop()
     scheduler.shutdown(wait=False)
     executor.shutdown(wait=True)
+    processor.stop()
     worker.join(timeout=10)
     for poller in pollers:
         poller.join(timeout=10)
     log_event(log, "serve.stopped")
 
 
-def health_checks(holder: ServicesHolder, smtp_serving: Callable[[], bool],
+def health_checks(holder: ServicesHolder, smtp_serving: Callable[[], bool], processor: Processor,
                   pollers: list[PollerThread]) -> metrics.Health:
-    """What `/health` asks: the database answers, the listener accepts connections, and every IMAP
-    mailbox is connected (a poller that is still starting or backing off after a failure is not
-    serving its door)."""
+    """What `/health` asks: the database answers, the listener accepts connections, the processing
+    thread runs, and every IMAP mailbox is connected (a poller that is still starting or backing
+    off after a failure is not serving its door)."""
     health = metrics.Health()
     health.add("database", metrics.database_check(lambda: holder.current.sessions))
     health.add("smtp", lambda: None if smtp_serving() else "not accepting connections")
+    health.add("processing", lambda: None if processor.alive() else "processing thread stopped")
     for thread in pollers:
         health.add(f"imap {thread.poller.address}", partial(_imap_problem, thread))
     return health

@@ -1,18 +1,22 @@
 """The SMTP door: a thin aiosmtpd handler that answers 250 only after the mail is committed.
 
-Blocking work runs in a worker thread. The reply codes are constants here; internals never
-reach the SMTP session (a database outage is a plain 451, the client retries).
+The store runs in a worker thread; the stored mail is then handed to the processing thread
+(intake/processor.py), so the answer waits for the commit and nothing else. The reply codes
+are constants here; internals never reach the SMTP session (a database outage is a plain 451,
+the client retries).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session as SmtpSession
 
 from intake.logs import log_event
-from intake.pipeline import Services, ingest
+from intake.pipeline import Services, accept
+from intake.processor import Accepted, Processor
 from intake.reload import ServicesHolder, holding
 from intake.store import Envelope
 
@@ -27,9 +31,10 @@ TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
 
 
 class IntakeHandler:
-    def __init__(self, services: ServicesHolder, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, services: ServicesHolder, executor: ThreadPoolExecutor, processor: Processor) -> None:
         self.services = services
         self.executor = executor
+        self.processor = processor
 
     async def handle_RCPT(self, server: SMTP, session: SmtpSession, envelope: SmtpEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -53,13 +58,15 @@ class IntakeHandler:
         mail_envelope = Envelope(door="smtp", mailbox=mailbox,
                                  sender=envelope.mail_from or "", recipients=tuple(a.lower() for a in envelope.rcpt_tos))
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
         try:
-            result = await loop.run_in_executor(self.executor, ingest, services, raw, mail_envelope)
+            stored = await loop.run_in_executor(self.executor, accept, services, raw, mail_envelope)
         except Exception:       # a real fault (the database is away): the client retries
             log_event(log, "smtp.store_failed", logging.ERROR, exc_info=True, mailbox=mailbox,
                       sender=mail_envelope.sender, peer=_peer(session), answer=TRY_LATER[:3])
             return TRY_LATER
-        return OK_DUPLICATE if result.duplicate else OK
+        self.processor.submit(Accepted(services, stored, "smtp", started))
+        return OK_DUPLICATE if stored.duplicate else OK
 
 
 class _LenientSMTP(SMTP):
@@ -72,13 +79,14 @@ class _Controller(Controller):
         return _LenientSMTP(self.handler, **self.SMTP_kwargs)
 
 
-def start_listener(services: Services | ServicesHolder, executor: ThreadPoolExecutor, host: str,
-                   port: int) -> Controller:
+def start_listener(services: Services | ServicesHolder, executor: ThreadPoolExecutor, processor: Processor,
+                   host: str, port: int) -> Controller:
     """Listen in a background thread; the size limit from config makes aiosmtpd answer 552 during DATA
     (bound at start: a reload does not change it)."""
     holder = holding(services)
-    controller = _Controller(IntakeHandler(holder, executor), hostname=host, port=port, ready_timeout=10,
-                            data_size_limit=holder.current.config.max_message_bytes, decode_data=False)
+    controller = _Controller(IntakeHandler(holder, executor, processor), hostname=host, port=port,
+                             ready_timeout=10, data_size_limit=holder.current.config.max_message_bytes,
+                             decode_data=False)
     controller.start()
     log_event(log, "smtp.listening", host=host, port=port)
     return controller

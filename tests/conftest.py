@@ -27,6 +27,7 @@ from intake.cli import main as cli_main
 from intake.config import Config, load_config
 from intake.pipeline import Services
 from intake.service import build_services, outbox_worker
+from intake.processor import Processor
 from intake.smtp_listener import start_listener
 from models import Base
 from models.db import make_engine
@@ -212,6 +213,7 @@ class RunningService:
     config: Config
     services: Services
     config_path: Path
+    processor: Processor
     stop: Callable[[], None] = field(repr=False)
 
     @property
@@ -220,14 +222,17 @@ class RunningService:
 
     def send(self, raw: bytes, sender: str = "someone@acme.example",
              recipients: tuple[str, ...] = ("support@example.com",)) -> tuple[int, bytes]:
-        """Send over SMTP with CRLF line ends (smtplib leaves bytes as they are); returns the reply to DATA."""
+        """Send over SMTP with CRLF line ends (smtplib leaves bytes as they are); returns the reply to DATA
+        once the mail is processed (the listener answers when it is stored)."""
         with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as smtp:
             smtp.ehlo()
             smtp.mail(sender)
             for rcpt in recipients:
                 code, msg = smtp.rcpt(rcpt)
                 assert code == 250, (code, msg)
-            return smtp.data(crlf(raw))
+            reply = smtp.data(crlf(raw))
+        assert self.processor.wait_idle(), "processing did not finish"
+        return reply
 
     def cli(self, *args: str) -> tuple[int, str]:
         return run_cli("--config", str(self.config_path), *args)
@@ -261,7 +266,9 @@ def start_service(tmp_path: Path, db_url: str, capture: CaptureServer) -> Iterat
         services = build_services(config)
         from concurrent.futures import ThreadPoolExecutor
         executor = ThreadPoolExecutor(max_workers=1)
-        listener = start_listener(services, executor, "127.0.0.1", config.smtp_port)
+        processor = Processor()
+        processor.start()
+        listener = start_listener(services, executor, processor, "127.0.0.1", config.smtp_port)
         stopping = threading.Event()
         thread = threading.Thread(target=outbox_worker, args=(services, stopping, 0.05), daemon=True)
         if worker:
@@ -273,10 +280,11 @@ def start_service(tmp_path: Path, db_url: str, capture: CaptureServer) -> Iterat
             if worker:
                 thread.join(5)
             executor.shutdown()
+            processor.stop()
             services.sessions.kw["bind"].dispose()
 
         stops.append(stop)
-        return RunningService(config, services, path, stop)
+        return RunningService(config, services, path, processor, stop)
 
     yield start
     for stop in stops:

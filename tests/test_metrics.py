@@ -19,6 +19,7 @@ import pytest
 from intake import metrics
 from intake.config import load_config
 from intake.imap_poller import ConnectionLost, ImapPoller, PollerThread
+from intake.processor import Processor
 from intake.reload import ServicesHolder
 from intake.service import build_services, health_checks
 from notifications.sweeps import Action
@@ -76,7 +77,8 @@ def test_a_running_service_counts_what_it_received_sent_and_holds(
     serve = Serve(config, port, tmp_path / "serve.log")
     try:
         eventually(lambda: health(metrics_port)[0] == 200)
-        assert health(metrics_port)[1] == {"status": "ok", "checks": {"database": "ok", "smtp": "ok"}}
+        assert health(metrics_port)[1] == {"status": "ok",
+                                           "checks": {"database": "ok", "smtp": "ok", "processing": "ok"}}
         before = scrape(metrics_port)
         assert value(before, "intake_mails_received_total", door="smtp", outcome="ticket") == 0
         first = make_mail("[SEV-2] Replication lag")
@@ -179,10 +181,11 @@ def test_health_names_every_door_that_is_not_serving_and_the_imap_state_is_a_met
     try:
         eventually(lambda: good.poller.state == "connected" and bad.poller.state == "unreachable")
         assert (state_of("good@example.com"), state_of("bad@example.com")) == ("connected", "unreachable")
-        code, body = serve_health(health_checks(holder, lambda: False, [good, bad]))
+        code, body = serve_health(health_checks(holder, lambda: False, Processor(), [good, bad]))
         assert code == 503 and body["status"] == "failing"
         assert body["checks"]["database"].startswith("unreachable: ")
         assert body["checks"]["smtp"] == "not accepting connections"
+        assert body["checks"]["processing"] == "processing thread stopped"
         assert body["checks"]["imap good@example.com"] == "ok"
         assert body["checks"]["imap bad@example.com"] == "unreachable"
     finally:
@@ -191,15 +194,18 @@ def test_health_names_every_door_that_is_not_serving_and_the_imap_state_is_a_met
         good.join(5)
         bad.join(5)
     assert state_of("good@example.com") == "stopped"
-    assert health_checks(holder, lambda: True, [good]).report()[1]["imap good@example.com"] == "poller stopped"
+    assert health_checks(holder, lambda: True, Processor(), [good]).report()[1]["imap good@example.com"] == "poller stopped"
 
 
 def test_health_is_200_when_the_database_answers_and_every_door_serves(tmp_path: Path, db_url: str) -> None:
     holder = ServicesHolder(build_services(load_config(write_config(tmp_path, db_url, 2525, 25))))
+    processor = Processor()
+    processor.start()
     try:
-        assert serve_health(health_checks(holder, lambda: True, [])) == (
-            200, {"status": "ok", "checks": {"database": "ok", "smtp": "ok"}})
+        assert serve_health(health_checks(holder, lambda: True, processor, [])) == (
+            200, {"status": "ok", "checks": {"database": "ok", "smtp": "ok", "processing": "ok"}})
     finally:
+        processor.stop()
         holder.current.sessions.kw["bind"].dispose()
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from intake import smtp_listener
 from intake.config import load_config
+from intake.processor import Processor
 from intake.reload import ServicesHolder
 from intake.service import build_services, outbox_for
 from intake.smtp_listener import start_listener
@@ -101,24 +102,27 @@ def test_a_mail_in_flight_finishes_under_the_config_it_started_with(
         tmp_path: Path, db_url: str, capture: CaptureServer, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_config(tmp_path, db_url, free_port(), capture.port, EXTRA_CONFIG + RULE)
     holder = ServicesHolder(build_services(load_config(path)))
-    real_ingest, reloaded = smtp_listener.ingest, threading.Event()
+    real_accept, reloaded = smtp_listener.accept, threading.Event()
 
-    def ingest_while_reloading(services: Any, raw: bytes, envelope: Any) -> Any:
+    def accept_while_reloading(services: Any, raw: bytes, envelope: Any) -> Any:
         if not reloaded.is_set():       # the first mail: a reload lands while it is in flight
             with_queue(path, "oncall")
             assert holder.reload(path, outbox_for)
             reloaded.set()
-        return real_ingest(services, raw, envelope)
+        return real_accept(services, raw, envelope)
 
-    monkeypatch.setattr(smtp_listener, "ingest", ingest_while_reloading)
-    executor = ThreadPoolExecutor(max_workers=1)
-    listener = start_listener(holder, executor, "127.0.0.1", holder.current.config.smtp_port)
+    monkeypatch.setattr(smtp_listener, "accept", accept_while_reloading)
+    executor, processor = ThreadPoolExecutor(max_workers=1), Processor()
+    processor.start()
+    listener = start_listener(holder, executor, processor, "127.0.0.1", holder.current.config.smtp_port)
     try:
         for subject in ("[SEV-3] in flight", "[SEV-3] after the reload"):
             assert _send(holder.current.config.smtp_port, make_mail(subject)) == 250
+        assert processor.wait_idle()
     finally:
         listener.stop()
         executor.shutdown()
+        processor.stop()
         holder.current.sessions.kw["bind"].dispose()
     assert queues(path) == ["billing", "oncall"]
 

@@ -1,0 +1,98 @@
+"""Processing off the SMTP answer.
+
+The listener answers `250` once a mail is stored, the durability point (PRODUCT.md §3), and
+hands it here; one thread runs stages 2-6 on stored mail in the order it arrived, so a sender
+waits for a commit, never for parsing, rendering or the write lock held by processing.
+
+Each mail is processed under the config it was received with. A mail the process did not get
+to (it stopped or died first, or the database was away through every retry) stays `received`:
+`resume_received` finishes it at the next start, and within minutes from the scheduler.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from sqlalchemy.exc import OperationalError
+
+from intake.logs import log_event
+from intake.pipeline import Services, finish
+from intake.store import Stored
+
+log = logging.getLogger("intake.processor")
+
+RETRY_SECONDS = (0.5, 1, 2, 4, 8)      # a database blip; after these, resume_received takes over
+
+
+@dataclass(frozen=True)
+class Accepted:
+    services: Services
+    stored: Stored
+    door: str
+    started: float      # time.monotonic() when the mail's DATA ended, for the latency metric
+
+
+class Processor:
+    """A queue of accepted mail and the thread that processes it."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Accepted | None] = queue.Queue()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="processing", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, accepted: Accepted) -> None:
+        self._queue.put(accepted)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait_idle(self, timeout: float = 30) -> bool:
+        """Whether every submitted mail was processed within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._queue.all_tasks_done.wait(left)
+        return True
+
+    def stop(self, timeout: float = 10) -> None:
+        """Process what is queued, for up to `timeout` seconds; then finish the mail in hand and stop.
+        What is still queued stays `received` for the next start."""
+        self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            accepted = self._queue.get()
+            try:
+                if accepted is None or self._stopping.is_set():
+                    return
+                self._process(accepted)
+            finally:
+                self._queue.task_done()
+
+    def _process(self, accepted: Accepted) -> None:
+        for delay in (*RETRY_SECONDS, None):
+            try:
+                finish(accepted.services, accepted.stored, accepted.door, accepted.started)
+                return
+            except OperationalError:    # logged by process() as mail.deferred; the mail stays `received`
+                if delay is None or self._stopping.wait(delay):
+                    break
+            except Exception:   # the quarantine itself failed: the mail stays `received` for resume_received
+                log_event(log, "processing.failed", logging.ERROR, exc_info=True, inbound=accepted.stored.inbound_id)
+                return
+        log_event(log, "processing.deferred", logging.WARNING, inbound=accepted.stored.inbound_id,
+                  retry="resume_received")
