@@ -31,7 +31,7 @@ from intake.staff import StaffMail, apply_staff_mail, classify, notify_staff, re
 from intake.store import Envelope, Stored, header_message_id, store
 from intake.timetable import NO_HISTORY, reschedule
 from models import InboundMail, InboundStatus, Message, Outcome, Ticket, utcnow
-from models.db import unit_of_work
+from models.db import first_in_line, unit_of_work
 from notifications.outbox import Outbox
 from routing.policy import Organization
 from routing.severity import read_severity
@@ -63,13 +63,14 @@ def ingest(services: Services, raw: bytes, envelope: Envelope) -> Result:
     fails: before the store (nothing kept) or while processing (the mail is kept as `received`;
     a retry finishes it)."""
     started = time.monotonic()
-    return finish(services, accept(services, raw, envelope), envelope.door, started)
+    return finish(services, accept(services, raw, envelope), envelope, raw, started)
 
 
 def accept(services: Services, raw: bytes, envelope: Envelope) -> Stored:
     """Stage 1 alone, the durability point: what the SMTP door answers `250` on. Raises when the
     database fails (nothing kept, the sender retries)."""
-    stored = store(services.sessions, raw, envelope, services.clock())
+    with first_in_line():
+        stored = store(services.sessions, raw, envelope, services.clock())
     crash_point("after_commit")
     if stored.duplicate:
         log_event(log, "mail.duplicate", message_id=header_message_id(raw), mailbox=envelope.mailbox,
@@ -77,21 +78,42 @@ def accept(services: Services, raw: bytes, envelope: Envelope) -> Stored:
     return stored
 
 
-def finish(services: Services, stored: Stored, door: str, started: float) -> Result:
+def finish(services: Services, stored: Stored, envelope: Envelope, raw: bytes, started: float) -> Result:
     """Stages 2-6 on an accepted mail. A duplicate is processed too: a no-op unless an outage cut
-    the first processing short."""
-    result = process(services, stored.inbound_id)
+    the first processing short. A new mail is parsed before its transaction opens, so SQLite's
+    write lock is not held while mail-parser runs."""
     if stored.duplicate:
+        process(services, stored.inbound_id)
         result = Result(stored.inbound_id, None, "duplicate", duplicate=True)
+    else:
+        result = process(services, stored.inbound_id, parsed=_parse_ahead(services.config, raw, envelope.sender))
     outcome = "duplicate" if result.duplicate else result.outcome.value if result.outcome else "quarantined"
-    metrics.received(door, outcome, time.monotonic() - started)
+    metrics.received(envelope.door, outcome, time.monotonic() - started)
     return result
 
 
+def read_mail(config: Config, raw: bytes, envelope_sender: str | None) -> ParsedEmail | UnparseableMail:
+    """Stage 2, parse, under the config's limits: the parsed mail, or why it is not one."""
+    try:
+        return parse_mail(raw, envelope_sender=envelope_sender, max_attachment_bytes=config.max_attachment_bytes,
+                          max_attachments=config.max_attachments, limits=config.parse_limits)
+    except UnparseableMail as exc:
+        return exc
+
+
+def _parse_ahead(config: Config, raw: bytes, envelope_sender: str | None) -> ParsedEmail | UnparseableMail | None:
+    """None on a fault in the parser: the mail is then parsed again inside process(), whose boundary
+    quarantines it."""
+    try:
+        return read_mail(config, raw, envelope_sender)
+    except Exception:
+        return None
+
+
 def process(services: Services, inbound_id: int, *, releasing: bool = False,
-            released_severity: int | None = None) -> Result:
-    """Run stages 2-6 on a stored mail in one transaction; quarantine it on any failure but the
-    database's own (OperationalError, re-raised)."""
+            released_severity: int | None = None, parsed: ParsedEmail | UnparseableMail | None = None) -> Result:
+    """Run stages 2-6 on a stored mail in one transaction (stage 2 may have run already: `parsed`);
+    quarantine it on any failure but the database's own (OperationalError, re-raised)."""
     try:
         with unit_of_work(services.sessions) as session:
             inbound = session.get(InboundMail, inbound_id, with_for_update=True)
@@ -99,7 +121,7 @@ def process(services: Services, inbound_id: int, *, releasing: bool = False,
                 inbound.outcome is Outcome.HELD if releasing else inbound.status is InboundStatus.RECEIVED)
             if not waiting:     # processed meanwhile (another instance, a retried release)
                 return _result(inbound_id, inbound)
-            ticket = _process(session, services, inbound, releasing, released_severity)
+            ticket = _process(session, services, inbound, releasing, released_severity, parsed)
             if ticket is not None:      # the mail may have moved its clocks: store their next times now
                 opened = inbound.outcome is Outcome.TICKET      # a case this mail opened has no history yet
                 reschedule(session, services.config, ticket, services.clock(), NO_HISTORY if opened else None)
@@ -148,17 +170,14 @@ def _quarantine(services: Services, inbound_id: int, exc: Exception) -> dict[str
 
 
 def _process(session: Session, services: Services, inbound: InboundMail, releasing: bool,
-             released_severity: int | None) -> Ticket | None:
+             released_severity: int | None, parsed: ParsedEmail | UnparseableMail | None) -> Ticket | None:
     """Returns the case the mail was recorded on: held here, it stays in the session's identity map
     (which holds clean objects only weakly), so rescheduling it needs no second SELECT."""
     config = services.config
     ctx = Context(config, services.outbox, services.clock())
-    try:
-        mail = parse_mail(inbound.raw, envelope_sender=inbound.envelope_sender,
-                          max_attachment_bytes=config.max_attachment_bytes, max_attachments=config.max_attachments,
-                          limits=config.parse_limits)
-    except UnparseableMail as exc:
-        inbound.outcome, inbound.reason, inbound.detail = Outcome.REJECTED, exc.reason, str(exc)
+    mail = parsed if parsed is not None else read_mail(config, inbound.raw, inbound.envelope_sender)
+    if isinstance(mail, UnparseableMail):
+        inbound.outcome, inbound.reason, inbound.detail = Outcome.REJECTED, mail.reason, str(mail)
         return None
     inbound.sender, inbound.subject = mail.sender.email or inbound.envelope_sender, mail.subject
     screening = screen(mail, inbound.envelope_sender, config.own_addresses)

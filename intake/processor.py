@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from intake.logs import log_event
 from intake.pipeline import Services, finish
-from intake.store import Stored
+from intake.store import Envelope, Stored
 
 log = logging.getLogger("intake.processor")
 
@@ -31,7 +31,8 @@ RETRY_SECONDS = (0.5, 1, 2, 4, 8)      # a database blip; after these, resume_re
 class Accepted:
     services: Services
     stored: Stored
-    door: str
+    envelope: Envelope
+    raw: bytes          # parsed from memory, before the processing transaction opens
     started: float      # time.monotonic() when the mail's DATA ended, for the latency metric
 
 
@@ -86,7 +87,7 @@ class Processor:
     def _process(self, accepted: Accepted) -> None:
         for delay in (*RETRY_SECONDS, None):
             try:
-                finish(accepted.services, accepted.stored, accepted.door, accepted.started)
+                finish(accepted.services, accepted.stored, accepted.envelope, accepted.raw, accepted.started)
                 return
             except OperationalError:    # logged by process() as mail.deferred; the mail stays `received`
                 if delay is None or self._stopping.wait(delay):

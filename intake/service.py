@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -29,6 +30,10 @@ from notifications.sender import SmtpSender
 log = logging.getLogger("intake.serve")
 
 GATHER_SECONDS = 0.25   # a pass costs a claim and an SMTP session, whatever it sends
+# The SMTP door needs the interpreter briefly and often (the event loop, then the store thread,
+# then the loop again); behind a busy processing thread each handoff waits up to this long
+# (Python's default is 5 ms).
+SWITCH_INTERVAL_SECONDS = 0.001
 
 
 def renderer_for(config: Config) -> Renderer:
@@ -51,6 +56,7 @@ def build_services(config: Config) -> Services:
 def serve(config: Config) -> None:
     """Run the listener, the IMAP pollers, the outbox worker and the scheduler until SIGTERM or SIGINT;
     SIGHUP reloads the config (intake/reload.py)."""
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     holder = ServicesHolder(build_services(config))
     services = holder.current
     monitor = None      # bound first: a metrics port in use stops the start before anything runs

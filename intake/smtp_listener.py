@@ -65,7 +65,7 @@ class IntakeHandler:
             log_event(log, "smtp.store_failed", logging.ERROR, exc_info=True, mailbox=mailbox,
                       sender=mail_envelope.sender, peer=_peer(session), answer=TRY_LATER[:3])
             return TRY_LATER
-        self.processor.submit(Accepted(services, stored, "smtp", started))
+        self.processor.submit(Accepted(services, stored, mail_envelope, raw, started))
         return OK_DUPLICATE if stored.duplicate else OK
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections import deque
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -59,18 +60,70 @@ def _sqlite_begin_immediate(conn: Any) -> None:
         raise
 
 
+_line = threading.local()
+
+
+@contextmanager
+def first_in_line() -> Iterator[None]:
+    """SQLite transactions begun inside go ahead of the other threads queued for the write lock: a
+    door's store, which a sender waits on, before processing and delivery, which nobody waits on."""
+    _line.first = True
+    try:
+        yield
+    finally:
+        _line.first = False
+
+
+class FairLock:
+    """A lock handed to its waiters in the order they came (threads `first_in_line` go to the front).
+    A plain lock goes to whichever thread runs first after the release, mostly the one that released
+    it: the processing thread, going from one mail's transaction to the next, would keep the SMTP
+    door's store waiting."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiters: deque[threading.Lock] = deque()
+        self._held = False
+
+    def acquire(self, timeout: float) -> bool:
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return True
+            turn = threading.Lock()
+            turn.acquire()
+            if getattr(_line, "first", False):
+                self._waiters.appendleft(turn)
+            else:
+                self._waiters.append(turn)
+        if turn.acquire(timeout=timeout):
+            return True
+        with self._mutex:
+            if turn in self._waiters:
+                self._waiters.remove(turn)
+                return False
+        return True     # handed over just as the wait timed out
+
+    def release(self) -> None:
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().release()     # still held: it passes to the first waiter
+            else:
+                self._held = False
+
+
 class _Writer(sqlite3.Connection):
     """Holds its database's in-process lock from BEGIN IMMEDIATE to the end of the transaction.
 
-    Threads of one process (the SMTP door, the outbox worker, the sweeps) then queue on a lock
-    that is handed over when a transaction ends, instead of SQLite's busy handler, which polls
-    with sleeps of 1 to 100 ms."""
-    lock: threading.Lock
+    Threads of one process (the SMTP door, the processing thread, the outbox worker, the sweeps)
+    then queue on a lock that is handed over in turn when a transaction ends, instead of SQLite's
+    busy handler, which polls with sleeps of 1 to 100 ms."""
+    lock: FairLock
     holding = False
 
     def take_lock(self) -> bool:
         """False when the lock was not free within the busy timeout."""
-        self.holding = self.lock.acquire(timeout=BUSY_TIMEOUT_SECONDS)
+        self.holding = self.lock.acquire(BUSY_TIMEOUT_SECONDS)
         return self.holding
 
     def drop_lock(self) -> None:
@@ -105,5 +158,5 @@ def _writer_class(url: str) -> type[_Writer]:
     """One connection class, and so one lock, per database URL in this process."""
     with _WRITER_CLASSES_LOCK:
         if url not in _WRITER_CLASSES:
-            _WRITER_CLASSES[url] = type("Writer", (_Writer,), {"lock": threading.Lock()})
+            _WRITER_CLASSES[url] = type("Writer", (_Writer,), {"lock": FairLock()})
         return _WRITER_CLASSES[url]
