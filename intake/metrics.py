@@ -84,6 +84,8 @@ class DatabaseCollector(Collector):
                                         .where(OutboxMail.status == OutboxStatus.FAILED))
                 quarantined = session.scalar(select(func.count(InboundMail.id))
                                              .where(InboundMail.status == InboundStatus.QUARANTINED))
+                backlog = session.scalar(select(func.count(InboundMail.id))
+                                         .where(InboundMail.status == InboundStatus.RECEIVED))
         except Exception:       # the scrape still answers: the database being away is what it reports
             up.add_metric([], 0)
             yield up
@@ -98,7 +100,8 @@ class DatabaseCollector(Collector):
                 ("intake_outbox_failed", "Outgoing mails that failed for good (`intake outbox retry` sends them "
                  "again)", failed),
                 ("intake_quarantine_size", "Stored mails whose processing failed (`intake quarantine list`)",
-                 quarantined)):
+                 quarantined),
+                ("intake_processing_backlog", "Stored mails not processed yet", backlog)):
             yield GaugeMetricFamily(name, doc, value=float(value or 0))
 
 

@@ -78,15 +78,14 @@ def accept(services: Services, raw: bytes, envelope: Envelope) -> Stored:
     return stored
 
 
-def finish(services: Services, stored: Stored, envelope: Envelope, raw: bytes, started: float) -> Result:
+def finish(services: Services, stored: Stored, envelope: Envelope, raw: bytes | None, started: float) -> Result:
     """Stages 2-6 on an accepted mail. A duplicate is processed too: a no-op unless an outage cut
-    the first processing short. A new mail is parsed before its transaction opens, so SQLite's
-    write lock is not held while mail-parser runs."""
+    the first processing short. A new mail whose bytes are at hand is parsed before its transaction
+    opens, so SQLite's write lock is not held while mail-parser runs."""
+    parsed = None if stored.duplicate or raw is None else _parse_ahead(services.config, raw, envelope.sender)
+    result = process(services, stored.inbound_id, parsed=parsed)
     if stored.duplicate:
-        process(services, stored.inbound_id)
         result = Result(stored.inbound_id, None, "duplicate", duplicate=True)
-    else:
-        result = process(services, stored.inbound_id, parsed=_parse_ahead(services.config, raw, envelope.sender))
     outcome = "duplicate" if result.duplicate else result.outcome.value if result.outcome else "quarantined"
     metrics.received(envelope.door, outcome, time.monotonic() - started)
     return result

@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy.exc import OperationalError
 
@@ -25,6 +25,7 @@ from intake.store import Envelope, Stored
 log = logging.getLogger("intake.processor")
 
 RETRY_SECONDS = (0.5, 1, 2, 4, 8)      # a database blip; after these, resume_received takes over
+RAW_KEPT_FOR = 100      # queued mails whose bytes stay in memory; a longer backlog reads them back from the store
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Accepted:
     services: Services
     stored: Stored
     envelope: Envelope
-    raw: bytes          # parsed from memory, before the processing transaction opens
+    raw: bytes | None   # parsed from memory before the processing transaction opens; None: read from the store
     started: float      # time.monotonic() when the mail's DATA ended, for the latency metric
 
 
@@ -48,6 +49,8 @@ class Processor:
         self._thread.start()
 
     def submit(self, accepted: Accepted) -> None:
+        if self._queue.qsize() >= RAW_KEPT_FOR:     # a burst beyond what processing keeps up with costs no memory
+            accepted = replace(accepted, raw=None)
         self._queue.put(accepted)
 
     def alive(self) -> bool:

@@ -86,6 +86,7 @@ def test_a_running_service_counts_what_it_received_sent_and_holds(
                     make_mail("[SEV-3] who am I", sender="Zed <zed@nowhere.example>"),
                     make_mail("[SEV-3] forum please", sender="Hal <hal@hobby.example>")):
             assert smtp_send(port, raw, "ann@acme.example", ("support@example.com",)) == 250
+        eventually(lambda: value(scrape(metrics_port), "intake_processing_seconds_count", door="smtp") == 6)
         eventually(lambda: value(scrape(metrics_port), "intake_delivery_failures_total", kind="temporary") >= 3)
         down = scrape(metrics_port)
         counts = {outcome: value(down, "intake_mails_received_total", door="smtp", outcome=outcome)
@@ -97,6 +98,7 @@ def test_a_running_service_counts_what_it_received_sent_and_holds(
         assert value(down, "intake_outbox_oldest_pending_age_seconds") > 0
         assert value(down, "intake_outbox_sent_total") == 0
         assert value(down, "intake_quarantine_size") == 1 and value(down, "intake_database_up") == 1
+        assert value(down, "intake_processing_backlog") == 0
         assert health(metrics_port)[0] == 200                    # the relay is not a door
 
         capture.start()                                          # the relay is back; send now, not in 30 s

@@ -1,0 +1,73 @@
+"""The processing thread behind the SMTP door: arrival order, a backlog that costs no memory,
+and a stop that leaves unprocessed mail for the next start."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from intake import processor as processor_module
+from intake.config import load_config
+from intake.pipeline import Services, accept, resume_received
+from intake.processor import Accepted, Processor
+from intake.service import build_services
+from intake.store import Envelope
+from models import InboundMail, InboundStatus, Ticket
+from tests.conftest import make_mail, write_config
+
+ENVELOPE = Envelope("smtp", "support@example.com", "ann@acme.example", ("support@example.com",))
+
+
+@pytest.fixture
+def services(tmp_path: Path, db_url: str) -> Iterator[Services]:
+    built = build_services(load_config(write_config(tmp_path, db_url, 2525, 2526)))
+    yield built
+    built.sessions.kw["bind"].dispose()
+
+
+def _accept_all(services: Services, subjects: list[str]) -> list[Accepted]:
+    accepted = []
+    for subject in subjects:
+        raw = make_mail(subject)
+        accepted.append(Accepted(services, accept(services, raw, ENVELOPE), ENVELOPE, raw, time.monotonic()))
+    return accepted
+
+
+def _statuses(services: Services) -> list[InboundStatus]:
+    with services.sessions() as session:
+        return list(session.scalars(select(InboundMail.status).order_by(InboundMail.id)))
+
+
+def test_a_backlog_keeps_only_the_first_mails_in_memory_and_all_are_processed_in_arrival_order(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(processor_module, "RAW_KEPT_FOR", 3)
+    processor = Processor()
+    subjects = [f"[SEV-3] mail {n}" for n in range(7)]
+    for accepted in _accept_all(services, subjects):      # queued while the thread is not running yet
+        processor.submit(accepted)
+    queued = list(processor._queue.queue)
+    assert [a.raw is not None for a in queued] == [True] * 3 + [False] * 4
+    processor.start()
+    try:
+        assert processor.wait_idle(30)
+    finally:
+        processor.stop()
+    assert _statuses(services) == [InboundStatus.PROCESSED] * 7
+    with services.sessions() as session:
+        assert list(session.scalars(select(Ticket.subject).order_by(Ticket.id))) == subjects
+
+
+def test_mail_still_queued_at_a_stop_stays_received_and_the_next_start_processes_it(services: Services) -> None:
+    processor = Processor()
+    for accepted in _accept_all(services, ["[SEV-2] first", "[SEV-2] second"]):
+        processor.submit(accepted)
+    processor._stopping.set()       # as after a stop that ran out of time: the thread takes nothing more
+    processor.start()
+    processor.stop()
+    assert not processor.alive()
+    assert _statuses(services) == [InboundStatus.RECEIVED] * 2
+    assert resume_received(services) == 2       # what `intake serve` does at start
+    assert _statuses(services) == [InboundStatus.PROCESSED] * 2
