@@ -13,10 +13,11 @@ from sqlalchemy.orm import Session
 
 from intake.config import Config
 from intake.decide import NewCase, Refusal
-from intake.lifecycle import change_status
+from intake.lifecycle import add_event, change_status
 from intake.parse import ParsedEmail
 from intake.screen import Screening
-from models import Attachment, Direction, Event, InboundMail, Message, Outcome, Participant, Ticket, TicketStatus
+from intake.timetable import NO_HISTORY, reschedule
+from models import Attachment, Direction, InboundMail, Message, Outcome, Participant, Ticket, TicketStatus
 from notifications.outbox import Outbox, Outgoing, may_answer
 from routing.severity import SeverityReading
 from routing.sla import Duration
@@ -49,6 +50,7 @@ def open_case(session: Session, ctx: Context, inbound: InboundMail, mail: Parsed
               screening: Screening, previous: Ticket | None = None) -> tuple[Ticket, Message]:
     actions = decision.routing.actions
     subject = remove_case_references(strip_reply_prefixes(mail.subject), ctx.config.case_prefix) or "(no subject)"
+    message = _received(inbound, mail, "auto_reply" if screening.automatic else "customer")
     ticket = Ticket(subject=subject, severity=decision.severity, status=TicketStatus.OPEN,
                     queue=actions.queue or "triage", assignee=actions.assignee, tags=list(actions.tags),
                     requester=mail.sender.email, requester_name=mail.sender.name,
@@ -56,10 +58,14 @@ def open_case(session: Session, ctx: Context, inbound: InboundMail, mail: Parsed
                     tier=decision.tier.name if decision.tier else None, mailbox=inbound.mailbox,
                     reply_token=new_token(), created_at=ctx.now, updated_at=ctx.now,
                     first_response_due=decision.due, previous_ticket_id=previous.id if previous else None,
-                    notify=list(actions.notify), participants=_participants(ctx, mail))
+                    notify=list(actions.notify), participants=_participants(ctx, mail), messages=[message])
+    # Inserted with its times: the reschedule before commit finds them standing, and no UPDATE follows.
+    reschedule(session, ctx.config, ticket, ctx.now, NO_HISTORY)
     session.add(ticket)
-    session.flush()     # the acknowledgment and the notifications name the case by its id
-    message = add_message(session, ticket, inbound, mail, "auto_reply" if screening.automatic else "customer")
+    # One flush: the acknowledgment and the notifications name the case by its id, and the mail
+    # goes in before the acknowledgment's copy, which is inserted at once (messages are read by id).
+    session.flush()
+    inbound.ticket_id = ticket.id
     add_event(session, ticket, "created", ctx.now, mail.sender.email, {
         "rule": decision.routing.rule, "severity": decision.severity, "tag": decision.reading.describe(),
         "tags_seen": list(decision.reading.tags), "queue": ticket.queue,
@@ -184,18 +190,21 @@ def _notify_quota(session: Session, ctx: Context, inbound: InboundMail, mail: Pa
 
 
 def add_message(session: Session, ticket: Ticket, inbound: InboundMail, mail: ParsedEmail, kind: str) -> Message:
-    message = Message(ticket_id=ticket.id, inbound_id=inbound.id, direction=Direction.IN, author=mail.sender.email,
-                      kind=kind, subject=mail.subject, body_text=mail.body_text, message_id=mail.message_id,
-                      created_at=inbound.received_at)
-    message.attachments = [Attachment(filename=part.filename, content_type=part.content_type, size=part.size,
-                                      data=part.payload) for part in mail.attachments]
+    message = _received(inbound, mail, kind)
+    message.ticket_id = ticket.id
     session.add(message)
     inbound.ticket_id = ticket.id
     return message
 
 
-def add_event(session: Session, ticket: Ticket, kind: str, at: datetime, actor: str, data: dict[str, Any]) -> None:
-    session.add(Event(ticket_id=ticket.id, kind=kind, at=at, actor=actor, data=data))
+def _received(inbound: InboundMail, mail: ParsedEmail, kind: str) -> Message:
+    """The mail as a message on a case, with its attachments; the caller puts it on the case."""
+    message = Message(inbound_id=inbound.id, direction=Direction.IN, author=mail.sender.email, kind=kind,
+                      subject=mail.subject, body_text=mail.body_text, message_id=mail.message_id,
+                      created_at=inbound.received_at)
+    message.attachments = [Attachment(filename=part.filename, content_type=part.content_type, size=part.size,
+                                      data=part.payload) for part in mail.attachments]
+    return message
 
 
 def record_bounce(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEmail,

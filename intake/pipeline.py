@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,7 +29,7 @@ from intake.parse import ParsedEmail, UnparseableMail, parse_mail
 from intake.screen import Screening, screen
 from intake.staff import StaffMail, apply_staff_mail, classify, notify_staff, record_suspect
 from intake.store import Envelope, Stored, header_message_id, store
-from intake.timetable import NO_HISTORY, reschedule
+from intake.timetable import reschedule
 from models import InboundMail, InboundStatus, Message, Outcome, Ticket, utcnow
 from models.db import first_in_line, unit_of_work
 from notifications.outbox import Outbox
@@ -115,15 +115,16 @@ def process(services: Services, inbound_id: int, *, releasing: bool = False,
     quarantine it on any failure but the database's own (OperationalError, re-raised)."""
     try:
         with unit_of_work(services.sessions) as session:
-            inbound = session.get(InboundMail, inbound_id, with_for_update=True)
+            inbound = session.scalars(_INBOUND_FOR_UPDATE, {"id": inbound_id}).first()
             waiting = inbound is not None and (
                 inbound.outcome is Outcome.HELD if releasing else inbound.status is InboundStatus.RECEIVED)
             if not waiting:     # processed meanwhile (another instance, a retried release)
                 return _result(inbound_id, inbound)
             ticket = _process(session, services, inbound, releasing, released_severity, parsed)
-            if ticket is not None:      # the mail may have moved its clocks: store their next times now
-                opened = inbound.outcome is Outcome.TICKET      # a case this mail opened has no history yet
-                reschedule(session, services.config, ticket, services.clock(), NO_HISTORY if opened else None)
+            if ticket is not None and inbound.outcome is not Outcome.TICKET:
+                # The mail may have moved its clocks: store their next times now. A case it opened
+                # went in with its times (intake/apply.py open_case).
+                reschedule(session, services.config, ticket, services.clock())
             inbound.status, inbound.processed_at = InboundStatus.PROCESSED, services.clock()
             crash_point("before_process_commit")
         result = _result(inbound_id, inbound)
@@ -149,6 +150,9 @@ def process(services: Services, inbound_id: int, *, releasing: bool = False,
               outcome=result.outcome.value if result.outcome else None, reason=result.reason, door=inbound.door,
               sender=inbound.sender, inbound=inbound_id)
     return result
+
+
+_INBOUND_FOR_UPDATE = select(InboundMail).where(InboundMail.id == bindparam("id")).with_for_update()
 
 
 def _result(inbound_id: int, inbound: InboundMail | None) -> Result:

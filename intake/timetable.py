@@ -99,15 +99,23 @@ def sev1_reminder_due(config: Config, ticket: Ticket, history: History) -> datet
 def store_sla(ticket: Ticket, state: SlaState | None) -> None:
     """Keep the stored response times in step with the engine; while the clock is stopped they stay."""
     if state is None:           # no target (any more): nothing is due
-        ticket.first_response_due = ticket.sla_warn_at = None
+        _store(ticket, first_response_due=None, sla_warn_at=None)
         return
     if ticket.first_response_at is not None or ticket.status is not TicketStatus.OPEN:
-        ticket.sla_warn_at = None
+        _store(ticket, sla_warn_at=None)
         return
     if state.due is not None:
-        ticket.first_response_due = state.due
+        _store(ticket, first_response_due=state.due)
     pending_warning = ticket.sla_warned_at is None and ticket.sla_breached_at is None
-    ticket.sla_warn_at = state.warn_due if pending_warning else None
+    _store(ticket, sla_warn_at=state.warn_due if pending_warning else None)
+
+
+def _store(ticket: Ticket, **times: datetime | None) -> None:
+    """Assign only the times that changed: a case whose times all stand stays clean, and the
+    flush leaves it out (a case is inserted with its times, see intake/apply.py open_case)."""
+    for name, value in times.items():
+        if getattr(ticket, name) != value:
+            setattr(ticket, name, value)
 
 
 def reschedule(session: Session, config: Config, ticket: Ticket, now: datetime,
@@ -120,5 +128,5 @@ def reschedule(session: Session, config: Config, ticket: Ticket, now: datetime,
         history = load_history(session, ticket)
     store_sla(ticket, sla_of(config, ticket, history.changes, now))
     step = followup_step(config, ticket, history)
-    ticket.next_followup_at = step.due if step else None
-    ticket.next_sev1_reminder_at = sev1_reminder_due(config, ticket, history)
+    _store(ticket, next_followup_at=step.due if step else None,
+           next_sev1_reminder_at=sev1_reminder_due(config, ticket, history))

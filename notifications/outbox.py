@@ -46,9 +46,10 @@ class Outbox:
     def enqueue(self, session: Session, out: Outgoing, now: datetime) -> int | None:
         """Render and store one mail; returns its row id, or None if this dedupe key was enqueued before.
 
-        The row is inserted at once on the session's connection, outside the ORM: nothing reads it
-        back as an object, so it skips the flush's bookkeeping, and the dedupe and rate-limit
-        queries see it without an autoflush (which would write the case in several small flushes)."""
+        The row, and the copy on the case, are inserted at once on the session's connection, outside
+        the ORM: nothing reads them back as objects, so they skip the flush's bookkeeping, and the
+        dedupe and rate-limit queries see the row without an autoflush (which would write the case
+        in several small flushes). The copy's id then comes after those of messages already flushed."""
         connection = session.connection()
         if connection.execute(_BY_KEY, {"key": out.dedupe_key}).first() is not None:
             return None
@@ -59,19 +60,22 @@ class Outbox:
                             in_reply_to=out.in_reply_to, references=out.references, reply_to=out.reply_to,
                             auto_submitted=out.auto_submitted or ("auto-replied" if out.automatic else None),
                             extra_headers=out.extra)
-        row_id: int = connection.execute(insert(_OUTBOX), dict(
+        row_id: int = connection.execute(_INSERT_OUTBOX, dict(
             dedupe_key=out.dedupe_key, kind=out.kind, ticket_id=out.ticket_id, inbound_id=out.inbound_id,
             recipient=out.to[0].lower(), recipients=[*out.to, *out.cc], sender=self.from_address,
             automatic=out.automatic, message_id=message_id.strip("<>"), subject=rendered.subject,
             raw=raw, next_attempt_at=now, created_at=now)).inserted_primary_key[0]
         if out.ticket_id is not None and out.record_on_ticket:
-            session.add(Message(ticket_id=out.ticket_id, direction=Direction.OUT, author=out.author or self.from_address,
-                                kind=out.kind, subject=rendered.subject, body_text=rendered.text,
-                                message_id=message_id.strip("<>"), created_at=now))
+            connection.execute(_INSERT_MESSAGE, dict(
+                ticket_id=out.ticket_id, inbound_id=None, direction=Direction.OUT, author=out.author or self.from_address,
+                kind=out.kind, subject=rendered.subject, body_text=rendered.text, message_id=message_id.strip("<>"),
+                created_at=now))
         return row_id
 
 
 _OUTBOX = OutboxMail.__table__
+_INSERT_OUTBOX = insert(_OUTBOX)
+_INSERT_MESSAGE = insert(Message.__table__)     # the copy on the case: nothing reads it back as an object
 _BY_KEY = select(_OUTBOX.c.id).where(_OUTBOX.c.dedupe_key == bindparam("key")).limit(1)
 _AUTOMATIC_SINCE = select(func.count()).select_from(_OUTBOX).where(
     _OUTBOX.c.recipient == bindparam("recipient"), _OUTBOX.c.automatic.is_(True),
