@@ -16,6 +16,17 @@ processed rate as a fraction of each. Run on demand, not in the test suite:
 
     .venv/bin/python bench/ingest.py [--mails 2000] [--clients 4] [--rate 50] [--paced-mails 500]
                                      [--database sqlite|postgresql] [--pg-url URL]
+                                     [--existing N | --seed-db URL]
+
+`--existing N` starts both runs on a database holding N existing cases with their mail, messages,
+events, outbox rows and staff tokens (bench/fill.py): filled once into a seed database (the time
+and size are printed), which each run then starts from a copy of (SQLite: a file copy; PostgreSQL:
+`CREATE DATABASE ... TEMPLATE`). Comparing a run with `--existing 1000000` against one without
+shows what the indexes cost and save as the tables grow. To fill once and run several times,
+fill a database with `bench/fill.py URL N` and pass it as `--seed-db URL` (a SQLite file, or a
+PostgreSQL database on the `--pg-url` server; it is only copied, never changed). The
+PostgreSQL databases a run creates carry its process id (`intake_bench_load_PID`, ...), so two
+benchmarks against one server do not drop each other's.
 """
 from __future__ import annotations
 
@@ -23,6 +34,7 @@ import argparse
 import os
 import platform
 import random
+import shutil
 import smtplib
 import socket
 import sqlite3
@@ -46,6 +58,7 @@ from sqlalchemy import Engine, create_engine, func, select, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.fill import Filled, fill  # noqa: E402
 from models import InboundMail, InboundStatus, OutboxMail  # noqa: E402
 
 SUBJECTS = ["Replication lag on prod", "Login fails for some users", "Export is slow",
@@ -97,6 +110,7 @@ def write_config(tmp: Path, url: str, port: int, relay: int) -> Path:
     body = (ROOT / "config.toml").read_text()
     body = body.replace('url = "sqlite:///intake.db"', f'url = "{url}"').replace("port = 2525", f"port = {port}")
     body = body.replace("port = 25\n", f"port = {relay}\n").replace("auto_replies_per_hour = 5", "auto_replies_per_hour = 100000")
+    body = body.replace("port = 9464", f"port = {free_port()}")     # two servers (or benchmarks) at once
     path = tmp / "config.toml"
     path.write_text(body)
     return path
@@ -119,13 +133,53 @@ class Options:
     pg_url: str
     tmp: Path
     relay_port: int
+    seed: str | None = None     # runs start from a copy of this filled database (--existing, --seed-db)
+
+
+# Per run: two benchmarks against one PostgreSQL server (another worktree, CI) must not drop each
+# other's databases.
+LOAD, PACED, SEED = (f"intake_bench_{name}_{os.getpid()}" for name in ("load", "paced", "seed"))
 
 
 def fresh_database(opts: Options, name: str) -> str:
+    """An empty database, or with a seed a copy of it."""
     if opts.database == "sqlite":
-        return f"sqlite:///{opts.tmp / f'{name}.db'}"
-    _admin(opts, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}")
+        path = opts.tmp / f"{name}.db"
+        if opts.seed:
+            shutil.copyfile(opts.seed.split("///", 1)[1], path)
+            _flush(path)
+        return f"sqlite:///{path}"
+    template = f" TEMPLATE {opts.seed.rsplit('/', 1)[1]} STRATEGY FILE_COPY" if opts.seed else ""
+    _admin(opts, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}{template}")
     return opts.pg_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _flush(path: Path) -> None:
+    """Write a copied database to disk before the server starts: otherwise SQLite's first checkpoint
+    (an fsync of the database file) waits for gigabytes of the copy's dirty pages, a stall of
+    seconds that a database grown in service never has."""
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def seed_database(opts: Options, existing: int) -> Filled:
+    """Fill the seed database once with `existing` cases; every run then starts from a copy of it."""
+    url = fresh_database(opts, SEED)
+    filled = fill(url, existing)
+    print(filled.describe(), flush=True)
+    opts.seed = url
+    return filled
+
+
+def seed_size(url: str) -> tuple[int, int]:
+    """Cases in a database filled before (--seed-db), and its size in bytes."""
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        cases = conn.execute(text("SELECT count(*) FROM tickets")).scalar() or 0
+        size = (Path(url.split("///", 1)[1]).stat().st_size if url.startswith("sqlite") else
+                conn.execute(text("SELECT pg_database_size(current_database())")).scalar() or 0)
+    engine.dispose()
+    return cases, int(size)
 
 
 def _admin(opts: Options, *statements: str) -> None:
@@ -207,12 +261,20 @@ def _send(smtp: smtplib.SMTP, raw: bytes) -> float:
     return time.perf_counter() - started
 
 
+def last_outbox_id(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.max(OutboxMail.id))).scalar() or 0
+
+
 def wait_finished(engine: Engine, mails: int, sink: Sink, delivered_before: int,
-                  started: float) -> tuple[float | None, float | None]:
+                  started: float, outbox_before: int = 0) -> tuple[float | None, float | None]:
     """Seconds from `started` until every mail was processed (no `received` row left, an
-    acknowledgment per mail in the outbox) and until every outbox row reached the relay."""
+    acknowledgment per mail in the outbox) and until every outbox row reached the relay.
+    Outbox rows are counted past `outbox_before` (the last id before the run) by primary key,
+    so the check costs the same on a database of a million cases as on an empty one."""
     processed = delivered = None
     outbox_rows = 0
+    new_rows = OutboxMail.id > outbox_before
     deadline = time.monotonic() + 600
     with engine.connect() as conn:
         while time.monotonic() < deadline and delivered is None:
@@ -220,10 +282,10 @@ def wait_finished(engine: Engine, mails: int, sink: Sink, delivered_before: int,
                 left = conn.execute(select(func.count()).select_from(InboundMail).where(
                     InboundMail.status == InboundStatus.RECEIVED)).scalar()
                 acks = conn.execute(select(func.count()).select_from(OutboxMail).where(
-                    OutboxMail.kind == "acknowledgment")).scalar() or 0
+                    new_rows, OutboxMail.kind == "acknowledgment")).scalar() or 0
                 if left == 0 and acks >= mails:
                     processed = time.perf_counter() - started
-                    outbox_rows = conn.execute(select(func.count()).select_from(OutboxMail)).scalar() or 0
+                    outbox_rows = conn.execute(select(func.count()).select_from(OutboxMail).where(new_rows)).scalar() or 0
             if processed is not None and sink.count - delivered_before >= outbox_rows:
                 delivered = time.perf_counter() - started
             conn.rollback()
@@ -294,41 +356,60 @@ def main() -> None:
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
                         help="an existing database; the benchmark creates and drops its own beside it")
+    seeding = parser.add_mutually_exclusive_group()
+    seeding.add_argument("--existing", type=int, default=0, metavar="N",
+                         help="start each run on a database holding N existing cases (bench/fill.py)")
+    seeding.add_argument("--seed-db", metavar="URL", help="start each run on a copy of this database, filled before "
+                         "with bench/fill.py (instead of --existing)")
     args = parser.parse_args()
     mails = corpus(args.mails)
     sink = Sink()
     relay = Controller(sink, hostname="127.0.0.1", port=free_port())
     relay.start()
     opts = Options(args.database, args.pg_url, Path(tempfile.mkdtemp(prefix="intake-bench-")), relay.port)
-    load_before = os.getloadavg()
+    filled, existing = None, "none"
     try:
-        url = fresh_database(opts, "intake_bench_load")
+        if args.seed_db:
+            opts.seed = args.seed_db
+            cases, size = seed_size(args.seed_db)
+            existing = f"{cases:,} ({size / 2**20:,.0f} MiB, copied from {args.seed_db})"
+        elif args.existing:
+            filled = seed_database(opts, args.existing)
+            existing = (f"{filled.cases:,} ({filled.size_bytes / 2**20:,.0f} MiB, filled in {filled.seconds:.0f} s)")
+        load_before = os.getloadavg()
+        url = fresh_database(opts, LOAD)
         with serving(opts, url) as (port, server):
             engine = create_engine(url)
+            outbox_before = last_outbox_id(engine)
             cpu_before = cpu_seconds(server.pid)
             started = time.perf_counter()
             latencies = send_all(port, mails, args.clients)
             accepted = time.perf_counter() - started
-            processed, delivered = wait_finished(engine, len(mails), sink, 0, started)
+            processed, delivered = wait_finished(engine, len(mails), sink, 0, started, outbox_before)
             cpu = cpu_seconds(server.pid) - cpu_before
             rss = peak_rss_mb(server.pid)
             engine.dispose()
         paced: tuple[list[float], int] | None = None
         if args.rate > 0:
-            url = fresh_database(opts, "intake_bench_paced")
+            url = fresh_database(opts, PACED)
             with serving(opts, url) as (port, _):
                 paced = send_paced(port, corpus(args.paced_mails, seed=11), args.rate, args.paced_clients)
     finally:
         relay.stop()
         if opts.database == "postgresql":
             _admin(opts, *(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                           for name in ("intake_bench_load", "intake_bench_paced")))
+                           for name in (LOAD, PACED, *([SEED] if filled else []))))
+        elif opts.seed:             # a filled database is gigabytes (a --seed-db file stays)
+            for name in (LOAD, PACED, SEED):
+                for suffix in ("", "-wal", "-shm"):
+                    (opts.tmp / f"{name}.db{suffix}").unlink(missing_ok=True)
     load_after = os.getloadavg()
     rates = ceilings(mails, opts.tmp, args.pg_url if args.database == "postgresql" else None)
 
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{platform.platform()}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
-    print(f"database: {args.database}; full load: {len(mails)} mails from {args.clients} clients")
+    print(f"database: {args.database}; full load: {len(mails)} mails from {args.clients} clients; "
+          f"existing cases: {existing}")
     print(f"accepted:  {len(mails) / accepted:8.1f} mails/s (DATA->250 p50 {percentile(latencies, 0.5):.1f} ms, "
           f"p99 {percentile(latencies, 0.99):.1f} ms)")
     print(f"processed: {len(mails) / processed:8.1f} mails/s (case + acknowledgment in the outbox)" if processed

@@ -4,7 +4,10 @@ Stores and processes the benchmark corpus (bench/ingest.py) on a fresh, migrated
 prints wall and CPU milliseconds per new-case mail. `--profile` records one run with
 pyinstrument (the `bench` extra: `pip install -e .[bench]`) and writes its text tree.
 
-    .venv/bin/python bench/inprocess.py [--mails 400] [--database-url URL] [--profile FILE]
+    .venv/bin/python bench/inprocess.py [--mails 400] [--database-url URL] [--profile FILE] [--existing N]
+
+`--existing N` first fills the database with N existing cases (bench/fill.py; the time and size
+are printed).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.fill import fill  # noqa: E402
 from bench.ingest import corpus, write_config  # noqa: E402
 from intake.config import load_config  # noqa: E402
 from intake.pipeline import ingest  # noqa: E402
@@ -32,10 +36,14 @@ def main() -> None:
     parser.add_argument("--mails", type=int, default=400)
     parser.add_argument("--database-url", help="an empty database (default: a new SQLite file)")
     parser.add_argument("--profile", type=Path, help="record the run with pyinstrument, write the tree here")
+    parser.add_argument("--existing", type=int, default=0, metavar="N",
+                        help="fill the database with N existing cases first (bench/fill.py)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="intake-inprocess-"))
     url = args.database_url or f"sqlite:///{tmp / 'inprocess.db'}"
     upgrade(url)
+    if args.existing:
+        print(fill(url, args.existing, migrate=False).describe(), flush=True)
     services = build_services(load_config(write_config(tmp, url, 2525, 2526)))
     ingest(services, corpus(1, seed=99)[0], ENVELOPE)       # compiles the templates, fills the caches
     mails = corpus(args.mails)
