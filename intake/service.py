@@ -47,9 +47,17 @@ def outbox_for(config: Config) -> Outbox:
     return Outbox(renderer_for(config), config.from_address, {"service_name": config.service_name, "levels": levels})
 
 
-def build_services(config: Config) -> Services:
+def warmed_outbox_for(config: Config) -> Outbox:
+    """The Outbox of a running service: its templates compiled before the first mail needs them
+    (compiling them in the first mail's transaction held SQLite's write lock for ~0.1 s)."""
+    outbox = outbox_for(config)
+    outbox.renderer.warm()
+    return outbox
+
+
+def build_services(config: Config, outbox_factory: Callable[[Config], Outbox] = outbox_for) -> Services:
     engine = make_engine(config.database_url)
-    return Services(config=config, sessions=session_factory(engine), outbox=outbox_for(config),
+    return Services(config=config, sessions=session_factory(engine), outbox=outbox_factory(config),
                     mail_enqueued=threading.Event())
 
 
@@ -57,7 +65,7 @@ def serve(config: Config) -> None:
     """Run the listener, the IMAP pollers, the outbox worker and the scheduler until SIGTERM or SIGINT;
     SIGHUP reloads the config (intake/reload.py)."""
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-    holder = ServicesHolder(build_services(config))
+    holder = ServicesHolder(build_services(config, warmed_outbox_for))
     services = holder.current
     monitor = None      # bound first: a metrics port in use stops the start before anything runs
     if config.metrics_port:
@@ -83,7 +91,7 @@ def serve(config: Config) -> None:
         monitor.start(health_checks(holder, lambda: serving(listener), processor, pollers))
     log_event(log, "serve.started", smtp=f"{config.smtp_host}:{config.smtp_port}",
               metrics=monitor.address if monitor else "off", imap_mailboxes=len(pollers))
-    signals.run(stopping, lambda: holder.reload(config.path, outbox_for))
+    signals.run(stopping, lambda: holder.reload(config.path, warmed_outbox_for))
     if monitor is not None:
         monitor.close()
     listener.stop()

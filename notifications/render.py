@@ -135,6 +135,16 @@ class Renderer:
             html = self._render_file(name, "body.html", context)
         return RenderedMail(subject=one_line_subject(subject), text=text, html=html)
 
+    def warm(self) -> None:
+        """Compile every template along the search path now (at start and reload), not inside the
+        transaction of the first mail that needs it. One that does not compile is left for
+        `intake config check` to report and for its render to raise."""
+        for path in self._env.list_templates():
+            try:
+                self._env.get_template(path)
+            except jinja2.TemplateError:
+                pass
+
     def check(self, names: Iterable[str]) -> list[str]:
         """Problems loading each named template (for ``intake config check``).
 

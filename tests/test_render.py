@@ -419,3 +419,16 @@ def test_date_filter() -> None:
 )
 def test_without_tags(subject: str, tags: list[str], expected: str) -> None:
     assert without_tags(subject, tags) == expected
+
+
+def test_warm_compiles_every_template_up_front_and_leaves_a_broken_one_to_its_render(tmp_path: Path) -> None:
+    broken = tmp_path / "acknowledgment"
+    broken.mkdir()
+    (broken / "subject.txt").write_text("{% if %}")
+    renderer = Renderer([tmp_path, shipped_templates_dir()])
+    renderer.warm()
+    cached = {template.name for template in renderer._env.cache.values()}   # the environment's compiled templates
+    assert {"_base/body.html", "staff_notification/body.txt", "followup/subject.txt"} <= cached
+    assert "acknowledgment/subject.txt" not in cached
+    with pytest.raises(TemplateError, match="acknowledgment"):
+        renderer.render("acknowledgment", {})
