@@ -33,7 +33,8 @@ class InboundMail(Base):
     mailbox: Mapped[str] = mapped_column(String(320))
     envelope_sender: Mapped[str | None] = mapped_column(String(320))
     envelope_recipients: Mapped[list[str]]
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    # Loaded only when read: processing parses the listener's copy, and lists never need the bytes.
+    raw: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     message_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     status: Mapped[InboundStatus] = mapped_column(enum_column(InboundStatus), default=InboundStatus.RECEIVED)
