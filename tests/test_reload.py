@@ -21,7 +21,7 @@ from intake.reload import ServicesHolder
 from intake.service import build_services, outbox_for
 from intake.smtp_listener import start_listener
 from tests.conftest import EXTRA_CONFIG, CaptureServer, free_port, make_mail, run_cli, write_config
-from tests.harness import Serve, smtp_send
+from tests.harness import Serve, smtp_send, wait_until
 
 RULE = """
 [[routing.rules]]
@@ -178,6 +178,7 @@ def test_sighup_reloads_the_rules_of_a_running_serve_and_refuses_a_broken_config
         assert _send(port, make_mail("[SEV-3] after a bad reload")) == 250
 
         assert proc.poll() is None
+        wait_until(lambda: len(queues(config)) == 3, what="three cases")     # a 250 means stored
         assert queues(config) == ["billing", "oncall", "oncall"]
     finally:
         serve.kill()
