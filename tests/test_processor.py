@@ -2,9 +2,12 @@
 and a stop that leaves unprocessed mail for the next start."""
 from __future__ import annotations
 
+import smtplib
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -16,7 +19,7 @@ from intake.processor import Accepted, Processor
 from intake.service import build_services
 from intake.store import Envelope
 from models import InboundMail, InboundStatus, Ticket
-from tests.conftest import make_mail, write_config
+from tests.conftest import RunningService, crlf, make_mail, write_config
 
 ENVELOPE = Envelope("smtp", "support@example.com", "ann@acme.example", ("support@example.com",))
 
@@ -71,3 +74,24 @@ def test_mail_still_queued_at_a_stop_stays_received_and_the_next_start_processes
     assert _statuses(services) == [InboundStatus.RECEIVED] * 2
     assert resume_received(services) == 2       # what `intake serve` does at start
     assert _statuses(services) == [InboundStatus.PROCESSED] * 2
+
+
+def test_the_listener_answers_once_the_mail_is_stored_while_processing_is_still_to_come(
+        service: RunningService, monkeypatch: pytest.MonkeyPatch) -> None:
+    go_on, real_finish = threading.Event(), processor_module.finish
+
+    def held_back(*args: Any) -> Any:
+        assert go_on.wait(30)
+        return real_finish(*args)
+
+    monkeypatch.setattr(processor_module, "finish", held_back)
+    with smtplib.SMTP("127.0.0.1", service.port, timeout=10) as smtp:
+        smtp.ehlo()
+        smtp.mail("ann@acme.example")
+        smtp.rcpt("support@example.com")
+        code, reply = smtp.data(crlf(make_mail("[SEV-2] answered before processed")))
+    assert (code, reply) == (250, b"2.0.0 Ok: stored")
+    assert _statuses(service.services) == [InboundStatus.RECEIVED]     # stored, durable, not processed yet
+    go_on.set()
+    assert service.processor.wait_idle(30)
+    assert _statuses(service.services) == [InboundStatus.PROCESSED]
