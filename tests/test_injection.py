@@ -34,7 +34,7 @@ HOSTILE = [   # (subject, From, Cc), as raw header bytes
     (_b64("[SEV-3] unicode breaks\u2028X-Injected: a\u0085X-Injected: b\x0bX-Injected: c").encode(), b"", b""),
     (b"=?utf-8?q?=3D=3Futf-8=3Fq=3F=5BSEV-3=5D_nested=3D0D=3D0AX-Injected=3A_yes=3F=3D?=", b"", b""),
     (b"[SEV-3] name", b"=?utf-8?q?Ann=0D=0ABcc:_" + EVIL.encode() + b"?= <customer5@acme.example>", b""),
-    (b"[SEV-3] name b", _b64(f"Ann\r\nX-Injected: yes\r\n").encode() + b" <customer6@acme.example>", b""),
+    (b"[SEV-3] name b", _b64("Ann\r\nX-Injected: yes\r\n").encode() + b" <customer6@acme.example>", b""),
     (b"[SEV-3] folded address", b"<customer7@acme.example\r\n Bcc: " + EVIL.encode() + b">", b""),
     (b"[SEV-3] cc names", b"", b"=?utf-8?q?Carl=0D=0ABcc=3A_x=40y=2Eexample?= <carl@acme.example>, "
                               b"\"Dana\r\n X-Injected: yes\" <dana@acme.example>"),

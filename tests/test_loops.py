@@ -23,7 +23,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from tests.conftest import free_port, make_mail, write_config
-from tests.harness import Database, Serve, smtp_send, wait_until
+from tests.harness import Database, Serve, smtp_send
 
 pytestmark = pytest.mark.integration
 SECONDS = float(os.environ.get("INTAKE_LOOP_SECONDS", "3"))
