@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from intake.sweep import FollowupSweep
 from models import TicketStatus
+from notifications.sweeps import run_sweep
 from tests.clocked import Desk, at, make_desk
 from tests.conftest import CaptureServer, make_mail, run_cli
 
@@ -141,3 +143,14 @@ def test_sweep_command_once_as_of_a_given_time(desk: Desk) -> None:
     assert code == 0 and json.loads(out)["actions"][0]["kind"] == "followup"
     assert desk.sweep(at(3, 16, 9, 30)) == []
     assert run_cli("--config", config, "sweep", "--once", "--now", "Monday")[0] == 2
+
+
+def test_a_sweep_in_small_batches_looks_at_every_due_case_once(desk: Desk) -> None:
+    cases = [desk.mail(make_mail(subject=f"[SEV-3] Case {n}", sender=f"customer{n}@acme.example"), THU_OPEN,
+                       sender=f"customer{n}@acme.example") for n in range(7)]
+    for case in cases:
+        desk.set_status(case, TicketStatus.PENDING, THU_PENDING)
+    sweep = FollowupSweep(desk.services.config, desk.services.outbox)
+    actions = run_sweep(desk.services.sessions, sweep, at(3, 16, 9), batch=3)      # Monday: attempt 1 due
+    assert sorted(a.ticket_id for a in actions) == sorted(cases) and set(_kinds(actions)) == {"followup"}
+    assert run_sweep(desk.services.sessions, sweep, at(3, 16, 9), batch=3) == []     # done: nothing twice
