@@ -38,6 +38,7 @@ import os
 import random
 import sqlite3
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -246,6 +247,17 @@ class Filled:
     def describe(self) -> str:
         return (f"filled {self.cases:,} existing cases ({self.rows:,} rows) in {self.seconds:.1f} s "
                 f"({self.cases / self.seconds:,.0f} cases/s); database size {self.size_bytes / 2**20:,.0f} MiB")
+
+
+def prepared_database(name: str, url: str | None, existing: int) -> tuple[Path, str]:
+    """A scratch folder and a migrated database (`url`, else a new SQLite file in the folder) holding
+    `existing` cases: the start of the in-process benchmarks."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"intake-{name}-"))
+    url = url or f"sqlite:///{tmp / f'{name}.db'}"
+    upgrade(url)
+    if existing:
+        print(fill(url, existing, migrate=False).describe(), flush=True)
+    return tmp, url
 
 
 def fill(url: str, n: int, seed: int = 1, migrate: bool = True) -> Filled:

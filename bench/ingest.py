@@ -43,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -106,11 +106,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(tmp: Path, url: str, port: int, relay: int) -> Path:
+def write_config(tmp: Path, url: str, port: int, relay: int, changes: Mapping[str, str] | None = None) -> Path:
+    """The shipped config pointed at `url`, `port` and the relay, with `changes` (old text -> new)."""
     body = (ROOT / "config.toml").read_text()
     body = body.replace('url = "sqlite:///intake.db"', f'url = "{url}"').replace("port = 2525", f"port = {port}")
     body = body.replace("port = 25\n", f"port = {relay}\n").replace("auto_replies_per_hour = 5", "auto_replies_per_hour = 100000")
     body = body.replace("port = 9464", f"port = {free_port()}")     # two servers (or benchmarks) at once
+    for old, new in (changes or {}).items():
+        assert old in body, old
+        body = body.replace(old, new)
     path = tmp / "config.toml"
     path.write_text(body)
     return path
@@ -192,11 +196,13 @@ def _admin(opts: Options, *statements: str) -> None:
 
 
 @contextmanager
-def serving(opts: Options, url: str, sink: Sink) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """`intake serve` on a free port against `url`, warmed up; stopped (SIGTERM) on leaving."""
+def serving(opts: Options, url: str, sink: Sink, changes: Mapping[str, str] | None = None
+            ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """`intake serve` on a free port against `url` (config `changes` as for write_config), warmed up;
+    stopped (SIGTERM) on leaving."""
     port = free_port()
     folder = Path(tempfile.mkdtemp(dir=opts.tmp))
-    config = write_config(folder, url, port, opts.relay_port)
+    config = write_config(folder, url, port, opts.relay_port, changes)
     server = subprocess.Popen([sys.executable, "-m", "intake", "--config", str(config), "serve"], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -267,11 +273,20 @@ def warm_up(port: int, url: str, sink: Sink) -> None:
     """Mail a fresh server before measuring it, and wait until it is processed and delivered: a
     service runs for days, and its first mails after a start prepare what every later one reuses
     (SQLAlchemy's mapper setup and compiled statements, the holiday tables)."""
+    settle(port, url, sink, corpus(WARM_UP_MAILS, seed=5))
+
+
+def settle(port: int, url: str, sink: Sink, mails: list[bytes]) -> None:
+    """Send `mails` from one client; return once they are processed and every mail they caused
+    reached the relay."""
     engine = create_engine(url)
     outbox_before, delivered_before = last_outbox_id(engine), sink.count
-    send_all(port, corpus(WARM_UP_MAILS, seed=5), 1)
-    wait_finished(engine, WARM_UP_MAILS, sink, delivered_before, time.perf_counter(), outbox_before)
+    send_all(port, mails, 1)
+    processed, delivered = wait_finished(engine, len(mails), sink, delivered_before, time.perf_counter(),
+                                         outbox_before)
     engine.dispose()
+    if processed is None or delivered is None:
+        raise SystemExit(f"{len(mails)} mails not processed and delivered in time")
 
 
 def last_outbox_id(engine: Engine) -> int:

@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.fill import fill  # noqa: E402
+from bench.fill import prepared_database  # noqa: E402
 from bench.ingest import corpus, write_config  # noqa: E402
 from intake.config import load_config  # noqa: E402
 from intake.pipeline import ingest  # noqa: E402
 from intake.service import build_services  # noqa: E402
 from intake.store import Envelope  # noqa: E402
 from models import Outcome  # noqa: E402
-from models.migrate import upgrade  # noqa: E402
 
 ENVELOPE = Envelope(door="smtp", mailbox="support@example.com", sender="u@acme.example",
                     recipients=("support@example.com",))
@@ -39,11 +37,7 @@ def main() -> None:
     parser.add_argument("--existing", type=int, default=0, metavar="N",
                         help="fill the database with N existing cases first (bench/fill.py)")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="intake-inprocess-"))
-    url = args.database_url or f"sqlite:///{tmp / 'inprocess.db'}"
-    upgrade(url)
-    if args.existing:
-        print(fill(url, args.existing, migrate=False).describe(), flush=True)
+    tmp, url = prepared_database("inprocess", args.database_url, args.existing)
     services = build_services(load_config(write_config(tmp, url, 2525, 2526)))
     ingest(services, corpus(1, seed=99)[0], ENVELOPE)       # compiles the templates, fills the caches
     mails = corpus(args.mails)

@@ -4,8 +4,8 @@ The target (performance issue): peak RSS does not grow with attachment size beyo
 Three parts:
 
 1. **per size**: for each attachment size (default 1, 5, 10 and 20 MB; random, so incompressible,
-   base64 on the wire: 1.37 times the size), a fresh `intake serve` on a fresh database takes a
-   few small mails (warm-up: imports, templates, caches), then one mail with one attachment of
+   base64 on the wire: 1.37 times the size), a fresh `intake serve` on a fresh database takes
+   20 small mails (warm-up, as in `bench/ingest.py`), then one mail with one attachment of
    that size; once the mail is processed and its outbox rows delivered to a capture relay in
    this process, the server's VmHWM (peak RSS) and VmRSS (from /proc/PID/status) are read.
    Printed: the peak's growth over the warm-up peak, and that growth as a multiple of the
@@ -32,43 +32,29 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import smtplib
 import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Iterator
-from contextlib import contextmanager
 from email.message import EmailMessage
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
-from sqlalchemy import create_engine, func, select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.ingest import Options, Sink, _admin, corpus, free_port, fresh_database, wait_port  # noqa: E402
-from models import InboundMail, InboundStatus, OutboxMail, OutboxStatus  # noqa: E402
+from bench.ingest import (WARM_UP_MAILS, Options, Sink, _admin, corpus, free_port, fresh_database,  # noqa: E402
+                          serving, settle, write_config)
 
 MB = 1_000_000
 MAX_MESSAGE_BYTES = 64 * 2**20
 MAX_ATTACHMENT_BYTES = 32 * 2**20
-WARM_UP = 5
 
 
-def write_config(folder: Path, url: str, port: int, relay: int) -> Path:
-    body = (ROOT / "config.toml").read_text()
-    for old, new in {'url = "sqlite:///intake.db"': f'url = "{url}"', "port = 2525": f"port = {port}",
-                     "port = 25\n": f"port = {relay}\n", "port = 9464": f"port = {free_port()}",
-                     "auto_replies_per_hour = 5": "auto_replies_per_hour = 100000",
-                     "max_message_bytes = 26214400": f"max_message_bytes = {MAX_MESSAGE_BYTES}",
-                     "max_attachment_bytes = 10485760": f"max_attachment_bytes = {MAX_ATTACHMENT_BYTES}"}.items():
-        assert old in body, old
-        body = body.replace(old, new)
-    path = folder / "config.toml"
-    path.write_text(body)
-    return path
+# The shipped limits refuse (25 MiB) or drop (10 MiB) the largest attachments measured here.
+LIMITS = {"max_message_bytes = 26214400": f"max_message_bytes = {MAX_MESSAGE_BYTES}",
+          "max_attachment_bytes = 10485760": f"max_attachment_bytes = {MAX_ATTACHMENT_BYTES}"}
 
 
 def attachment_mail(size: int, n: int) -> bytes:
@@ -92,83 +78,33 @@ def status(pid: int) -> dict[str, float]:
     return values
 
 
-@contextmanager
-def server(opts: Options, name: str) -> Iterator[tuple[int, int, str]]:
-    url = fresh_database(opts, name)
-    port = free_port()
-    folder = Path(tempfile.mkdtemp(dir=opts.tmp))
-    config = write_config(folder, url, port, opts.relay_port)
-    proc = subprocess.Popen([sys.executable, "-m", "intake", "--config", str(config), "serve"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield port, proc.pid, url
-    finally:
-        proc.terminate()
-        proc.wait(60)
-
-
-def send(port: int, raw: bytes) -> None:
-    with smtplib.SMTP("127.0.0.1", port, timeout=600) as smtp:
-        smtp.sendmail("user@acme.example", ["support@example.com"], raw)
-
-
-def wait_done(url: str, mails: int, timeout: float = 600) -> None:
-    """Until `mails` mails are processed and every outbox row is sent."""
-    engine = create_engine(url)
-    deadline = time.monotonic() + timeout
-    try:
-        with engine.connect() as conn:
-            while time.monotonic() < deadline:
-                processed = conn.execute(select(func.count()).select_from(InboundMail).where(
-                    InboundMail.status == InboundStatus.PROCESSED)).scalar()
-                unsent = conn.execute(select(func.count()).select_from(OutboxMail).where(
-                    OutboxMail.status != OutboxStatus.SENT)).scalar()
-                conn.rollback()
-                if processed >= mails and unsent == 0:
-                    return
-                time.sleep(0.05)
-    finally:
-        engine.dispose()
-    raise SystemExit(f"{mails} mails not processed and delivered within {timeout:g} s")
-
-
-def warm_up(port: int, url: str) -> None:
-    for raw in corpus(WARM_UP, seed=3):
-        send(port, raw)
-    wait_done(url, WARM_UP)
-    time.sleep(0.5)
-
-
-def per_size(opts: Options, sizes: list[int]) -> list[tuple[int, int, dict[str, float], dict[str, float]]]:
+def per_size(opts: Options, sink: Sink, sizes: list[int]) -> list[tuple[int, int, dict[str, float], dict[str, float]]]:
     results = []
     for size in sizes:
         raw = attachment_mail(size, 1)
-        with server(opts, f"intake_bench_memory_{os.getpid()}_{size // MB}") as (port, pid, url):
-            warm_up(port, url)
-            before = status(pid)
-            send(port, raw)
-            wait_done(url, WARM_UP + 1)
-            time.sleep(0.5)
-            results.append((size, len(raw), before, status(pid)))
+        url = fresh_database(opts, f"intake_bench_memory_{os.getpid()}_{size // MB}")
+        with serving(opts, url, sink, LIMITS) as (port, server):
+            before = status(server.pid)
+            settle(port, url, sink, [raw])
+            results.append((size, len(raw), before, status(server.pid)))
         print(f"  {size / MB:g} MB done", file=sys.stderr, flush=True)
     return results
 
 
-def repeat(opts: Options, count: int, size: int) -> tuple[int, dict[str, float], list[tuple[int, dict[str, float]]]]:
+def repeat(opts: Options, sink: Sink, count: int, size: int
+           ) -> tuple[int, dict[str, float], list[tuple[int, dict[str, float]]]]:
     marks = {1, 2, 5, 10, count}
     seen = []
-    with server(opts, f"intake_bench_memory_{os.getpid()}_repeat") as (port, pid, url):
-        warm_up(port, url)
-        before = status(pid)
+    url = fresh_database(opts, f"intake_bench_memory_{os.getpid()}_repeat")
+    with serving(opts, url, sink, LIMITS) as (port, server):
+        before = status(server.pid)
         wire = 0
         for n in range(1, count + 1):
             raw = attachment_mail(size, n)
             wire = len(raw)
-            send(port, raw)
-            wait_done(url, WARM_UP + n)
+            settle(port, url, sink, [raw])
             if n in marks:
-                seen.append((n, status(pid)))
+                seen.append((n, status(server.pid)))
     return wire, before, seen
 
 
@@ -185,7 +121,7 @@ def where(size: int, tmp: Path) -> list[tuple[str, float, float]]:
     url = f"sqlite:///{tmp / 'where.db'}"
     upgrade(url)
     port = free_port()
-    services = build_services(load_config(write_config(tmp, url, port, free_port())))
+    services = build_services(load_config(write_config(tmp, url, port, free_port(), LIMITS)))
     for raw in corpus(3, seed=4):       # imports, templates, caches: not part of the mail's cost
         pipeline.ingest(services, raw, pipeline.Envelope("smtp", "support@example.com", "u@acme.example",
                                                          ("support@example.com",)))
@@ -279,8 +215,8 @@ def main() -> None:
     load_before = os.getloadavg()
     names = [f"intake_bench_memory_{os.getpid()}_{size // MB}" for size in sizes] + [f"intake_bench_memory_{os.getpid()}_repeat"]
     try:
-        results = per_size(opts, sizes)
-        repeated = repeat(opts, args.repeat, int(args.repeat_mb * MB)) if args.repeat else None
+        results = per_size(opts, sink, sizes)
+        repeated = repeat(opts, sink, args.repeat, int(args.repeat_mb * MB)) if args.repeat else None
     finally:
         relay.stop()
         if opts.database == "postgresql":
@@ -291,7 +227,7 @@ def main() -> None:
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{platform.platform()}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print(f"database: {args.database}; smtp.max_message_bytes {MAX_MESSAGE_BYTES}, limits.max_attachment_bytes "
-          f"{MAX_ATTACHMENT_BYTES} (raised for the benchmark); {WARM_UP} small mails first on each server")
+          f"{MAX_ATTACHMENT_BYTES} (raised for the benchmark); {WARM_UP_MAILS} small mails first on each server")
     print("per size (fresh server each): peak RSS (VmHWM) after warm-up -> after the mail processed and delivered")
     print(f"  {'attachment':>10} {'on the wire':>12} {'VmHWM before':>13} {'VmHWM after':>12} {'growth':>9} "
           f"{'growth / wire':>14} {'VmRSS after':>12}")

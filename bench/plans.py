@@ -24,10 +24,9 @@ import re
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ import psycopg
 from sqlalchemy import Engine, event, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.fill import fill  # noqa: E402
+from bench.fill import prepared_database  # noqa: E402
 from bench.ingest import corpus, free_port, write_config  # noqa: E402
 from intake import metrics  # noqa: E402
 from intake.config import load_config  # noqa: E402
@@ -44,7 +43,6 @@ from intake.service import build_services  # noqa: E402
 from intake.store import Envelope  # noqa: E402
 from intake.sweep import run_sweeps  # noqa: E402
 from models import Message, OutboxMail, Participant, Ticket, TicketStatus, utcnow  # noqa: E402
-from models.migrate import upgrade  # noqa: E402
 from notifications.delivery import claim_due  # noqa: E402
 
 EXTRA_CONFIG = """
@@ -137,11 +135,16 @@ def scenario(services: Any, recorder: Recorder) -> None:
     now = services.clock()
     for name, job in (("sweeps", lambda: run_sweeps(services, now)),
                       ("sweeps, a day later", lambda: run_sweeps(services, now + timedelta(days=1))),
-                      ("outbox claim", lambda: claim_due(sessions, now)),
+                      ("outbox claim", lambda: _claim(sessions, now)),
                       ("resume_received", lambda: resume_received(services, timedelta(minutes=1))),
                       ("metrics scrape", lambda: list(metrics.DatabaseCollector(lambda: sessions, utcnow).collect()))):
         recorder.phase = name
         job()
+
+
+def _claim(sessions: Any, now: datetime) -> None:
+    with sessions.kw["bind"].connect() as conn:
+        claim_due(conn, now)
 
 
 def _staff_token(services: Any, ticket_id: int | None) -> str:
@@ -217,11 +220,7 @@ def main() -> None:
     parser.add_argument("--existing", type=int, default=0, metavar="N", help="fill with N cases first")
     parser.add_argument("--all", action="store_true", help="print every statement")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="intake-plans-"))
-    url = args.database_url or f"sqlite:///{tmp / 'plans.db'}"
-    upgrade(url)
-    if args.existing:
-        print(fill(url, args.existing, migrate=False).describe(), flush=True)
+    tmp, url = prepared_database("plans", args.database_url, args.existing)
     config_path = write_config(tmp, url, free_port(), free_port())
     config_path.write_text(config_path.read_text() + EXTRA_CONFIG)
     services = build_services(load_config(config_path))

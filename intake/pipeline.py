@@ -82,7 +82,7 @@ def finish(services: Services, stored: Stored, envelope: Envelope, raw: bytes | 
     """Stages 2-6 on an accepted mail. A duplicate is processed too: a no-op unless an outage cut
     the first processing short. A new mail whose bytes are at hand is parsed before its transaction
     opens, so SQLite's write lock is not held while mail-parser runs."""
-    parsed = None if stored.duplicate or raw is None else _parse_ahead(services.config, raw, envelope.sender)
+    parsed = None if stored.duplicate or raw is None else read_mail(services.config, raw, envelope.sender)
     result = process(services, stored.inbound_id, parsed=parsed)
     if stored.duplicate:
         result = Result(stored.inbound_id, None, "duplicate", duplicate=True)
@@ -98,15 +98,6 @@ def read_mail(config: Config, raw: bytes, envelope_sender: str | None) -> Parsed
                           max_attachments=config.max_attachments, limits=config.parse_limits)
     except UnparseableMail as exc:
         return exc
-
-
-def _parse_ahead(config: Config, raw: bytes, envelope_sender: str | None) -> ParsedEmail | UnparseableMail | None:
-    """None on a fault in the parser: the mail is then parsed again inside process(), whose boundary
-    quarantines it."""
-    try:
-        return read_mail(config, raw, envelope_sender)
-    except Exception:
-        return None
 
 
 def process(services: Services, inbound_id: int, *, releasing: bool = False,

@@ -49,7 +49,8 @@ class Outbox:
         The row, and the copy on the case, are inserted at once on the session's connection, outside
         the ORM: nothing reads them back as objects, so they skip the flush's bookkeeping, and the
         dedupe and rate-limit queries see the row without an autoflush (which would write the case
-        in several small flushes). The copy's id then comes after those of messages already flushed."""
+        in several small flushes). Messages added to the case earlier in the transaction are flushed
+        first, so the copy's id comes after theirs (a case's messages are read by id)."""
         connection = session.connection()
         if connection.execute(_BY_KEY, {"key": out.dedupe_key}).first() is not None:
             return None
@@ -66,6 +67,8 @@ class Outbox:
             automatic=out.automatic, message_id=message_id.strip("<>"), subject=rendered.subject,
             raw=raw, next_attempt_at=now, created_at=now)).inserted_primary_key[0]
         if out.ticket_id is not None and out.record_on_ticket:
+            if session.new:     # a message added to the case earlier in this transaction goes in first
+                session.flush()
             connection.execute(_INSERT_MESSAGE, dict(
                 ticket_id=out.ticket_id, inbound_id=None, direction=Direction.OUT, author=out.author or self.from_address,
                 kind=out.kind, subject=rendered.subject, body_text=rendered.text, message_id=message_id.strip("<>"),

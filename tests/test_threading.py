@@ -5,10 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from models import Ticket, TicketStatus, utcnow
+from intake.apply import Context, add_message, ticket_context
+from intake.parse import UnparseableMail
+from intake.pipeline import read_mail
+from models import InboundMail, Message, Ticket, TicketStatus, utcnow
 from models.db import unit_of_work
+from notifications.outbox import Outgoing
 from tests.conftest import CaptureServer, RunningService, make_mail
 
 pytestmark = pytest.mark.integration
@@ -88,3 +92,22 @@ def test_differing_tag_on_a_reply_is_a_severity_change_request(service: RunningS
     assert show["severity"] == 2
     [request] = [e for e in show["events"] if e["kind"] == "severity_change_requested"]
     assert request["data"]["requested"] == 1
+
+
+def test_a_copy_on_the_case_comes_after_a_message_added_before_it_in_the_same_transaction(
+        service: RunningService) -> None:
+    assert service.send(make_mail())[0] == 250
+    ctx = Context(service.config, service.services.outbox, utcnow())
+    with unit_of_work(service.services.sessions) as session:
+        ticket = session.scalars(select(Ticket)).one()
+        inbound = session.scalars(select(InboundMail)).one()
+        mail = read_mail(service.config, make_mail(subject="Re: more", message_id="<more@acme.example>"),
+                         "ann@acme.example")
+        assert not isinstance(mail, UnparseableMail)
+        add_message(session, ticket, inbound, mail, "customer")        # pending in the session
+        ctx.outbox.enqueue(session, Outgoing(
+            kind="acknowledgment", dedupe_key="test:copy-order", to=("ann@acme.example",), ticket_id=ticket.id,
+            context={"ticket": ticket_context(ctx, ticket), "recipient_name": ""}), ctx.now)
+    with service.services.sessions() as session:
+        kinds = list(session.scalars(select(Message.kind).order_by(Message.id)))
+    assert kinds == ["customer", "acknowledgment", "customer", "acknowledgment"]
