@@ -173,7 +173,16 @@ def _process(session: Session, services: Services, inbound: InboundMail, releasi
     if isinstance(mail, UnparseableMail):
         inbound.outcome, inbound.reason, inbound.detail = Outcome.REJECTED, mail.reason, str(mail)
         return None
+    ticket = _dispatch(session, services, ctx, inbound, mail, releasing, released_severity)
+    # Set after the case's flush, so that the row is written once, with the outcome, at the commit.
     inbound.sender, inbound.subject = mail.sender.email or inbound.envelope_sender, mail.subject
+    return ticket
+
+
+def _dispatch(session: Session, services: Services, ctx: Context, inbound: InboundMail, mail: ParsedEmail,
+              releasing: bool, released_severity: int | None) -> Ticket | None:
+    """Stages 3-6 for a parsed mail: a bounce, a staff mail, a reply, an automatic mail or a new request."""
+    config = services.config
     screening = screen(mail, inbound.envelope_sender, config.own_addresses)
     if screening.own:
         inbound.outcome, inbound.reason, inbound.detail = Outcome.REJECTED, "own_address", "sent by our own address"

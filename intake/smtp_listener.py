@@ -18,6 +18,7 @@ from intake.logs import log_event
 from intake.pipeline import Services, accept
 from intake.processor import Accepted, Processor
 from intake.reload import ServicesHolder, holding
+from intake.smtp_session import IntakeSMTP
 from intake.store import Envelope
 
 log = logging.getLogger("intake.smtp")
@@ -69,14 +70,9 @@ class IntakeHandler:
         return OK_DUPLICATE if stored.duplicate else OK
 
 
-class _LenientSMTP(SMTP):
-    """RFC 5321 caps lines at 1000 octets, but real senders exceed it; a long line is no reason to refuse mail."""
-    line_length_limit = 100_000
-
-
 class _Controller(Controller):
     def factory(self) -> SMTP:
-        return _LenientSMTP(self.handler, **self.SMTP_kwargs)
+        return IntakeSMTP(self.handler, **self.SMTP_kwargs)
 
 
 def start_listener(services: Services | ServicesHolder, executor: ThreadPoolExecutor, processor: Processor,
