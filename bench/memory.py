@@ -114,6 +114,7 @@ def where(size: int, tmp: Path) -> list[tuple[str, float, float]]:
 
     import intake.pipeline as pipeline
     from intake.config import load_config
+    from intake.processor import Processor
     from intake.service import build_services
     from intake.smtp_listener import IntakeHandler, start_listener
     from models.migrate import upgrade
@@ -135,27 +136,31 @@ def where(size: int, tmp: Path) -> list[tuple[str, float, float]]:
     IntakeHandler.handle_DATA = handle_data     # type: ignore[method-assign]
     patched = {"store": pipeline.store, "parse_mail": pipeline.parse_mail, "process": pipeline.process}
     pipeline.store = peaks.traced("store (sha256, INSERT of the raw bytes, commit)", pipeline.store)
-    pipeline.parse_mail = peaks.traced("  parse_mail (mail-parser, attachments decoded)", pipeline.parse_mail)
-    pipeline.process = peaks.traced("process (load raw, parse, apply, flush, commit)", pipeline.process)
+    pipeline.parse_mail = peaks.traced("parse_mail (mail-parser, attachments decoded)", pipeline.parse_mail)
+    pipeline.process = peaks.traced("process (apply, flush, commit)", pipeline.process)
     executor = ThreadPoolExecutor(1)
-    listener = start_listener(services, executor, "127.0.0.1", port)
+    processor = Processor()
+    processor.start()
+    listener = start_listener(services, executor, processor, "127.0.0.1", port)
     mail_file = tmp / "where.eml"
     mail_file.write_bytes(attachment_mail(size, 99))
     client = ("import smtplib, sys; s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=600); "
               "s.sendmail('u@acme.example', ['support@example.com'], open(sys.argv[2], 'rb').read()); s.quit()")
     tracemalloc.start()
     try:
-        peaks.enter("whole mail (DATA to 250)")
+        peaks.enter("whole mail (DATA to processed)")
         subprocess.run([sys.executable, "-c", client, str(port), str(mail_file)], check=True)
+        processor.wait_idle(600)
         peaks.leave()
     finally:
         tracemalloc.stop()
         listener.stop()
+        processor.stop()
         executor.shutdown()
         IntakeHandler.handle_DATA = original_data   # type: ignore[method-assign]
         for name, function in patched.items():
             setattr(pipeline, name, function)
-    order = ["SMTP DATA", "store", "process", "  parse_mail", "whole"]
+    order = ["SMTP DATA", "store", "parse_mail", "process", "whole"]
     return sorted(peaks.results, key=lambda r: next(i for i, p in enumerate(order) if r[0].startswith(p)))
 
 

@@ -2,8 +2,9 @@
 
 The only module that imports mail-parser. What comes from where, and why:
 
-- mail-parser parses the bytes once (``mailparser.parse_from_bytes``); its tree
-  (``.message``, a stdlib compat32 ``Message``) is reused for everything else,
+- mail-parser reads the stdlib compat32 tree that ``parse_from_bytes`` would build
+  (``MailParser(tree)``; the tree is fed to the parser in blocks, which peaks at
+  ~3x the mail's size instead of ~8x); the tree is reused for everything else,
   so the raw bytes are parsed once (twice only on the fallback path below).
 - Addresses: mail-parser's structural address parser (``get_addresses``), also
   for Sender/Return-Path and on the fallback path. It is more correct than
@@ -54,15 +55,14 @@ import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from email import message_from_bytes, message_from_string
+from email import message_from_string
+from email.feedparser import BytesFeedParser
 from email.message import Message
 from email.parser import BytesParser
 from types import MappingProxyType
 
-import mailparser
 from mailparser import MailParser
 from mailparser.dates import parse_mail_date
-from mailparser.exceptions import MailParserRecursionError
 from mailparser.utils import get_addresses
 
 from intake.html_text import html_to_text, visible_text
@@ -92,6 +92,8 @@ _CHARSET_SUPERSETS = {  # labels mailers use for text in the wider Windows/WHATW
     "iso8859-1": "cp1252", "ascii": "cp1252",
 }
 _MAX_DEPTH = 64
+_PARSE_BLOCK = 64 * 1024
+_CLEAN_BASE64 = re.compile(r"[A-Za-z0-9+/\r\n]*(?:=[\r\n]*){0,2}")
 _MAX_ENCODED_WORDS = 2000
 _MAX_HEADER_BYTES = 128 * 1024
 _FIELD_START = re.compile(rb"^[^ \t\r\n]", re.M)   # a header line that is no continuation
@@ -287,8 +289,8 @@ def _parse_tree(raw: bytes) -> tuple[Message, MailParser | None, list[str]]:
     if costly := _costly_for_mailparser(raw):
         return _stdlib_tree(raw, costly)
     try:
-        parsed = mailparser.parse_from_bytes(raw)
-    except MailParserRecursionError:
+        parsed = MailParser(_message_tree(raw))
+    except RecursionError:  # the stdlib parser and mail-parser's walk recurse once per multipart level
         return BytesParser().parsebytes(raw, headersonly=True), None, ["NestingTooDeep"]
     except Exception as exc:  # mail-parser is tolerant by design; anything it cannot take falls back
         return _stdlib_tree(raw, f"MailParserError:{type(exc).__name__}")
@@ -297,9 +299,21 @@ def _parse_tree(raw: bytes) -> tuple[Message, MailParser | None, list[str]]:
 
 def _stdlib_tree(raw: bytes, reason: str) -> tuple[Message, None, list[str]]:
     try:
-        return message_from_bytes(raw), None, [reason]
-    except RecursionError:  # the stdlib parser recurses once per multipart level
+        return _message_tree(raw), None, [reason]
+    except RecursionError:
         return BytesParser().parsebytes(raw, headersonly=True), None, [reason, "NestingTooDeep"]
+
+
+def _message_tree(raw: bytes) -> Message:
+    """The compat32 tree of ``message_from_bytes`` (which mail-parser's ``parse_from_bytes`` calls),
+    fed to the parser in blocks: ``message_from_bytes`` decodes the whole mail to one string and
+    reads it through a ``StringIO``, which stores 4 bytes per character, so a mail peaked at ~8x
+    its size while parsed; in blocks, ~3x (the lines of the largest part, then their join)."""
+    parser = BytesFeedParser()
+    view = memoryview(raw)
+    for start in range(0, len(raw), _PARSE_BLOCK):
+        parser.feed(bytes(view[start:start + _PARSE_BLOCK]))
+    return parser.close()
 
 
 def _subject(headers: Mapping[str, tuple[str, ...]], limit: int | None, defects: list[str]) -> str:
@@ -562,12 +576,29 @@ def _attachments(parts: list[Message], max_bytes: int, max_count: int, defects: 
 
 def _part_bytes(part: Message) -> bytes:
     if not part.is_multipart():
-        payload = part.get_payload(decode=True)
+        payload = _clean_base64(part)
+        if payload is None:
+            payload = part.get_payload(decode=True)
         return payload if isinstance(payload, bytes) else b""
     try:  # message/*: re-serialise the embedded message(s)
         return b"".join(inner.as_bytes() for inner in _subparts(part))
     except Exception:  # the generator can fail on what the parser tolerated; the raw mail is kept
         return b""
+
+
+def _clean_base64(part: Message) -> bytes | None:
+    """A well-formed base64 body decoded in one step, else None. ``get_payload(decode=True)`` returns
+    the same bytes, but encodes the text, splits it into lines and joins them first: ~4x the body's
+    size at its peak, against the decoded bytes alone here. Anything unusual (other characters,
+    padding inside, a length that is no multiple of four) goes the stdlib's way, defects and all."""
+    if str(part.get("content-transfer-encoding", "")).lower() != "base64":     # as get_payload compares it
+        return None
+    text = part.get_payload()
+    if not isinstance(text, str) or not _CLEAN_BASE64.fullmatch(text):
+        return None
+    if (len(text) - text.count("\r") - text.count("\n")) % 4:
+        return None
+    return binascii.a2b_base64(text)
 
 
 def sanitize_filename(name: str, content_type: str = "application/octet-stream") -> str:
