@@ -11,7 +11,8 @@ from zoneinfo import ZoneInfo
 from intake.config import Config
 from intake.service import build_services
 from intake.sla_report import sla_report
-from intake.sweep import describe_span, run_sweeps
+from intake.sweep import run_sweeps
+from intake.sweep_mail import describe_span
 from models import utcnow
 
 def add_commands(commands: Any, command: Callable[..., argparse.ArgumentParser]) -> None:

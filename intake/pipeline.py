@@ -29,6 +29,7 @@ from intake.parse import ParsedEmail, UnparseableMail, parse_mail
 from intake.screen import Screening, screen
 from intake.staff import StaffMail, apply_staff_mail, classify, notify_staff, record_suspect
 from intake.store import Envelope, Stored, header_message_id, store
+from intake.sweep_mail import breach_left_unnoticed
 from intake.timetable import reschedule
 from models import InboundMail, InboundStatus, Message, Outcome, Ticket, utcnow
 from models.db import first_in_line, unit_of_work
@@ -219,6 +220,7 @@ def _reply(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEma
 def _staff(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEmail, staff: StaffMail) -> None:
     if staff.trusted:
         apply_staff_mail(session, ctx, inbound, mail, staff)
+        breach_left_unnoticed(session, ctx, staff.ticket)
     else:
         record_suspect(session, ctx, inbound, mail, staff)
     inbound.outcome, inbound.reason = Outcome.REPLY, "staff" if staff.trusted else staff.why

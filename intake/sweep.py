@@ -8,7 +8,7 @@ so a step can never produce its mail twice.
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import ColumnElement, and_, or_
 from sqlalchemy.orm import Session
@@ -17,7 +17,7 @@ from intake.apply import SYSTEM, Context, add_event, reopen_until
 from intake.config import Config
 from intake.lifecycle import change_status
 from intake.pipeline import Services
-from intake.sweep_mail import customer_mail, staff_notice
+from intake.sweep_mail import customer_mail, describe_span, record_breach, staff_notice
 from intake.timetable import followup_step, load_history, most_urgent, sev1_reminder_due, sla_of, store_sla
 from models import Ticket, TicketStatus
 from notifications.outbox import Outbox
@@ -111,10 +111,7 @@ class SlaSweep:
         return action
 
     def _breach(self, session: Session, ctx: Context, ticket: Ticket, state: SlaState, due: datetime) -> Action:
-        ticket.sla_breached_at = ctx.now
-        add_event(session, ticket, "sla_breached", ctx.now, SYSTEM, {"due": due.isoformat()})
-        to = staff_notice(session, ctx, ticket, "sla_breach", f"sla_breach:{ticket.id}",
-                          {"overdue": describe_span(ctx.now - due)})
+        to = record_breach(session, ctx, ticket, due)
         return Action(self.name, ticket.id, "sla_breach", due, to, f"target {state.target.duration}")
 
     def _warn(self, session: Session, ctx: Context, ticket: Ticket, state: SlaState, due: datetime) -> Action:
@@ -151,11 +148,3 @@ class Sev1Sweep:
         session.flush()
         ticket.next_sev1_reminder_at = sev1_reminder_due(self.config, ticket, load_history(session, ticket))
         return Action(self.name, ticket.id, "sev1_reminder", due, to, f"no update for {self.config.sev1_update_every}")
-
-
-def describe_span(span: timedelta) -> str:
-    """`2 h 05 min`, `3 d 4 h`: for people reading a notice, to the minute."""
-    minutes = max(int(span.total_seconds() // 60), 0)
-    days, rest = divmod(minutes, 24 * 60)
-    hours, minutes = divmod(rest, 60)
-    return f"{days} d {hours} h" if days else f"{hours} h {minutes:02d} min"

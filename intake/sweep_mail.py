@@ -1,15 +1,19 @@
-"""The mail the sweeps send: automatic mail to the customer side of a case, and notices to staff."""
+"""The mail the sweeps send: automatic mail to the customer side of a case, and notices to staff
+(the SLA breach notice also when staff take an overdue case out of `open` first)."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from intake.apply import Context, reply_address, ticket_context
+from intake import metrics
+from intake.apply import SYSTEM, Context, add_event, reply_address, ticket_context
 from intake.config import Config
 from intake.staff import is_staff, issue_token, queue_staff
-from models import Message, Ticket
+from intake.timetable import load_history, sla_of
+from models import Message, Ticket, TicketStatus
 from notifications.outbox import Outgoing
 
 CUSTOMER_VISIBLE = ("customer", "acknowledgment", "staff_reply", "followup", "closing_notice")
@@ -56,3 +60,33 @@ def staff_notice(session: Session, ctx: Context, ticket: Ticket, kind: str, dedu
 
 def _name(config: Config, address: str) -> str:
     return next((m.name for m in config.staff if m.address == address), "")
+
+
+def record_breach(session: Session, ctx: Context, ticket: Ticket, due: datetime) -> tuple[str, ...]:
+    """The first-response target missed: recorded on the case and told to its staff, once."""
+    ticket.sla_breached_at = ctx.now
+    add_event(session, ticket, "sla_breached", ctx.now, SYSTEM, {"due": due.isoformat()})
+    return staff_notice(session, ctx, ticket, "sla_breach", f"sla_breach:{ticket.id}",
+                        {"overdue": describe_span(ctx.now - due)})
+
+
+def breach_left_unnoticed(session: Session, ctx: Context, ticket: Ticket) -> None:
+    """A case staff took out of `open`, unanswered, after its deadline and before the SLA sweep
+    noticed (the sweep looks at open cases only): the breach is recorded and told now, as the sweep
+    would have done. Pausing the clock after the deadline does not undo the breach (routing/sla.py)."""
+    due = ticket.first_response_due
+    if (ticket.status is TicketStatus.OPEN or ticket.first_response_at is not None
+            or ticket.sla_breached_at is not None or due is None or due > ctx.now):
+        return
+    state = sla_of(ctx.config, ticket, load_history(session, ticket).changes, ctx.now)
+    if state is not None and state.breached and state.due is not None:
+        record_breach(session, ctx, ticket, state.due)
+        metrics.SLA_BREACHES.inc()
+
+
+def describe_span(span: timedelta) -> str:
+    """`2 h 05 min`, `3 d 4 h`: for people reading a notice, to the minute."""
+    minutes = max(int(span.total_seconds() // 60), 0)
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    return f"{days} d {hours} h" if days else f"{hours} h {minutes:02d} min"

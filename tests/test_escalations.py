@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,41 @@ def test_a_service_down_past_the_deadline_sends_only_the_breach_notice(desk: Des
     assert _kinds(desk, at(3, 14, 20)) == ["sla_breach"]
     assert _kinds(desk, at(3, 14, 20, 1)) == []
     assert [s.split("]")[0] for s in _notices(desk.deliver(), ALICE)] == ["[SLA BREACH"]
+
+
+def _notifications(desk: Desk) -> dict[int, EmailMessage]:
+    """Alice's new-case notifications by case, each with its secret reply address."""
+    return {int(m.message["Subject"].split("[CASE-")[1].split("]")[0]): m.message for m in desk.deliver(ALICE)
+            if m.message["Reply-To"].startswith("support+s")}
+
+
+def _staff_reply(desk: Desk, notification: EmailMessage, body: str, when: datetime) -> None:
+    """Alice answers a notification at `when`, through the pipeline."""
+    token_address = notification["Reply-To"]
+    desk.mail(make_mail(subject=f"Re: {notification['Subject']}", sender=ALICE, to=token_address, body=body,
+                        headers={"In-Reply-To": notification["Message-ID"]}), when, sender=ALICE, to=token_address)
+
+
+def test_set_pending_after_the_deadline_before_the_sweep_still_tells_the_breach(desk: Desk) -> None:
+    case = desk.mail(make_mail(subject="[SEV-2] Replication lag"), at(3, 14, 10))   # due 14:00
+    _staff_reply(desk, _notifications(desk)[case], "#pending\n", at(3, 14, 14, 30))     # no sweep since 10:00
+    assert desk.show(case)["status"] == "pending"
+    assert [s.split("]")[0] for s in _notices(desk.deliver(), ALICE)] == ["[SLA BREACH"]
+    assert _kinds(desk, at(3, 14, 14, 31)) == [] and _kinds(desk, at(3, 16, 9)) == []
+    sla = desk.show(case)["sla"]
+    assert (sla["breached"], sla["breach_notified_at"]) == (True, "2026-03-14T14:30:00+01:00")
+
+
+def test_set_pending_before_the_deadline_or_answered_late_sends_no_breach_notice(desk: Desk) -> None:
+    early = desk.mail(make_mail(subject="[SEV-2] Replication lag"), at(3, 14, 10))
+    late = desk.mail(make_mail(subject="[SEV-2] Disk full", message_id="<disk@acme.example>"), at(3, 14, 10))
+    notifications = _notifications(desk)
+    _staff_reply(desk, notifications[early], "#pending\n", at(3, 14, 13, 59))
+    _staff_reply(desk, notifications[late], "#pending\nFreed 20 GB, please check.\n", at(3, 14, 14, 30))
+    assert _notices(desk.deliver(), ALICE) == []
+    assert desk.show(early)["sla"]["breached"] is False
+    late_sla = desk.show(late)["sla"]
+    assert (late_sla["breached"], late_sla["breach_notified_at"]) == (True, None)     # answered late, as the report says
 
 
 def test_the_first_response_stops_the_clock(desk: Desk) -> None:
