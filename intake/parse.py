@@ -15,13 +15,9 @@ The only module that imports mail-parser. What comes from where, and why:
 - Date: mail-parser's ``parse_mail_date`` (aware, UTC). Defects: mail-parser's
   categories (the stdlib MIME defects of every part plus its own header
   checks), with the stdlib part defects and our own notes added by the walk.
-- Subject, header values and leftover encoded display names are decoded here:
-  mail-parser drops or garbles undecodable bytes (a gb2312 label on GBK text),
-  policy.default replaces them; we read the GB family as gb18030 and prefer
-  valid UTF-8 over a wrong 8-bit label, with errors="replace" as the last resort.
-- Bodies, attachments and DSN parts: one walk over the tree, because
-  mail-parser's own view loses inline parts without a filename and appends
-  forwarded and returned messages to the body.
+- Subject, header values and leftover encoded display names: decoded by
+  intake/header_text.py (mail-parser drops or garbles undecodable bytes).
+- Bodies, attachments and DSN parts: one walk over the tree, intake/mime_parts.py.
 
 If mail-parser raises (nesting too deep, or anything else), or the input would
 make it pathologically slow (over 2,000 encoded words: CPython 3.11's
@@ -44,18 +40,11 @@ the parse; a longer subject is cut (``SubjectTruncated``).
 
 from __future__ import annotations
 
-import binascii
-import codecs
-import functools
-import itertools
 import logging
-import mimetypes
 import re
-import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from email import message_from_string
 from email.feedparser import BytesFeedParser
 from email.message import Message
 from email.parser import BytesParser
@@ -65,8 +54,10 @@ from mailparser import MailParser
 from mailparser.dates import parse_mail_date
 from mailparser.utils import get_addresses
 
-from intake.html_text import html_to_text, visible_text
+from intake.header_text import FOLD, decode_words, message_ids, undo_surrogates
+from intake.html_text import visible_text
 from intake.logs import log_event
+from intake.mime_parts import Attachment, Walk, attachments_of, sanitize_filename, subparts
 
 __all__ = [
     "Address", "Attachment", "Limits", "MailTooComplex", "MailTooLarge", "ParsedEmail", "UnparseableMail", "parse_mail",
@@ -77,33 +68,14 @@ log = logging.getLogger(__name__)
 
 _OLE_SIGNATURE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _HEADER_START = re.compile(rb"(?:From [^\r\n]*\r?\n)?[\x21-\x39\x3b-\x7e]+[ \t]*:")
-_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
-_FOLD = re.compile(r"\r?\n(?=[ \t])")
 _SPACES = re.compile(r"\s+")
-_MSGID = re.compile(r"<([^<>]+)>")
-_NO_BRACKETS = str.maketrans("<>", "  ")
-_MSGID_LINE = re.compile(r"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
-_CONTENT_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
-_UNSAFE_NAME = re.compile(r'[<>:"|?*]')
-_SAFE_CHAR = {"Cc": " ", "Zl": " ", "Zp": " ", "Cf": ""}  # controls break lines; format chars (RTL override) hide
-_CHARSET_NAMES = {"x-gbk": "gbk", "x-sjis": "shift_jis", "iso-8859-8-i": "iso-8859-8", "windows-874": "cp874"}
-_CHARSET_SUPERSETS = {  # labels mailers use for text in the wider Windows/WHATWG set
-    "gb2312": "gb18030", "gbk": "gb18030", "euc_kr": "cp949", "shift_jis": "cp932",
-    "iso8859-1": "cp1252", "ascii": "cp1252",
-}
-_MAX_DEPTH = 64
 _PARSE_BLOCK = 64 * 1024
-_CLEAN_BASE64 = re.compile(r"[A-Za-z0-9+/\r\n]*(?:=[\r\n]*){0,2}")
 _MAX_ENCODED_WORDS = 2000
 _MAX_HEADER_BYTES = 128 * 1024
 _FIELD_START = re.compile(rb"^[^ \t\r\n]", re.M)   # a header line that is no continuation
 _BOUNDARY_PARAM = re.compile(rb'boundary[ \t]*=[ \t]*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.I)
 _DASH_LINE = re.compile(rb"^--([^\r\n]*)", re.M)
 _MAX_ADDRESS_FIELD = 64 * 1024  # about 2,000 addresses; the parser costs ~5 us per character
-_DSN_HEADER_TYPES = frozenset({
-    "message/rfc822", "message/global", "message/rfc822-headers",
-    "message/global-headers", "text/rfc822-headers",
-})
 
 
 class UnparseableMail(Exception):
@@ -136,17 +108,6 @@ class Limits:
     max_mime_depth: int | None = None       # nesting below the top (multiparts and attached messages)
     max_parts: int | None = None            # MIME parts, counted by their delimiter lines
     max_subject_chars: int | None = None
-
-
-@dataclass(frozen=True)
-class Attachment:
-    filename: str
-    content_type: str
-    payload: bytes
-
-    @property
-    def size(self) -> int:
-        return len(self.payload)
 
 
 @dataclass(frozen=True)
@@ -243,7 +204,7 @@ def _mime_depth(message: Message) -> int:
     while stack:
         part, depth = stack.pop()
         deepest = max(deepest, depth)
-        stack.extend((child, depth + 1) for child in _subparts(part))
+        stack.extend((child, depth + 1) for child in subparts(part))
     return deepest
 
 
@@ -256,17 +217,17 @@ def _build(raw: bytes, envelope_sender: str | None, max_bytes: int, max_count: i
             raise MailTooComplex(f"parts nested {'deeper than the parser follows' if depth is None else depth} "
                                  f"levels, over limits.max_mime_depth ({limits.max_mime_depth})")
     raw_headers = _raw_headers(message)
-    headers = {name: tuple(_decode_words(v).strip() for v in vs) for name, vs in raw_headers.items()}
+    headers = {name: tuple(decode_words(v).strip() for v in vs) for name, vs in raw_headers.items()}
     to, cc, reply_to = (
         _addresses(_first(raw_headers, name), _parsed_pairs(parsed, name)) for name in ("to", "cc", "reply-to")
     )
     sender = _sender(raw_headers, _parsed_pairs(parsed, "from"), envelope_sender, defects)
-    walk = _Walk(message, defects)
-    attachments = _attachments(walk.files, max_bytes, max_count, defects)
+    walk = Walk(message, defects)
+    attachments = attachments_of(walk.files, max_bytes, max_count, defects)
     return ParsedEmail(
-        message_id=next(iter(_message_ids(headers.get("message-id", ())[:1])), None),
-        in_reply_to=_message_ids(headers.get("in-reply-to", ())),
-        references=_message_ids(headers.get("references", ())),
+        message_id=next(iter(message_ids(headers.get("message-id", ())[:1])), None),
+        in_reply_to=message_ids(headers.get("in-reply-to", ())),
+        references=message_ids(headers.get("references", ())),
         subject=_subject(headers, limits.max_subject_chars, defects),
         sender=sender,
         to=to,
@@ -341,95 +302,9 @@ def _raw_headers(message: Message) -> dict[str, list[str]]:
     """Header values by lower-cased name, unfolded, 8-bit bytes decoded, encoded words kept."""
     values: dict[str, list[str]] = {}
     for name, value in message.raw_items():
-        value = _undo_surrogates(_FOLD.sub("", str(value))).replace("\x00", "")
+        value = undo_surrogates(FOLD.sub("", str(value))).replace("\x00", "")
         values.setdefault(name.lower(), []).append(value)
     return values
-
-
-def _decode_words(value: str) -> str:
-    """Decode RFC 2047 encoded words (any charset) and raw 8-bit bytes in a header value."""
-    value = _undo_surrogates(value)
-    if "=?" not in value:
-        return value
-    segments: list[tuple[str, bytes | str]] = []  # (charset, bytes) or ("", text)
-    pos = 0
-    for match in _ENCODED_WORD.finditer(value):
-        gap, word = value[pos : match.start()], _encoded_word_bytes(match)
-        if gap and not (gap.isspace() and word is not None and segments and segments[-1][0]):
-            segments.append(("", gap))  # white space between two encoded words is dropped
-        segments.append(("", match.group(0)) if word is None else (match.group(1).lower(), word))
-        pos = match.end()
-    segments.append(("", value[pos:]))
-    return "".join(_decode_runs(segments)).replace("\x00", "")  # "=00" is no text, and no database stores it
-
-
-def _decode_runs(segments: list[tuple[str, bytes | str]]) -> Iterator[str]:
-    """Adjacent words in one charset are decoded together: a character may span two words."""
-    for charset, run in itertools.groupby(segments, key=lambda segment: segment[0]):
-        parts = [data for _, data in run]
-        if charset:
-            yield _decode_bytes(b"".join(p for p in parts if isinstance(p, bytes)), charset)
-        else:
-            yield "".join(p for p in parts if isinstance(p, str))
-
-
-def _encoded_word_bytes(match: re.Match[str]) -> bytes | None:
-    text = match.group(3).encode("utf-8", "surrogateescape")
-    try:
-        if match.group(2) in "qQ":
-            return binascii.a2b_qp(text, header=True)
-        return binascii.a2b_base64(text + b"=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        return None
-
-
-def _undo_surrogates(value: str) -> str:
-    """compat32 keeps undecodable header bytes as surrogates; decode them as text."""
-    if value.isascii():
-        return value
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        return _decode_bytes(value.encode("utf-8", "surrogateescape"), None)
-
-
-@functools.lru_cache(maxsize=256)
-def _codec(charset: str | None) -> str | None:
-    if not charset:
-        return None
-    name = charset.strip().strip("\"'").lower().split("*", 1)[0]  # RFC 2231 "utf-8*en"
-    try:
-        codec = codecs.lookup(_CHARSET_NAMES.get(name, name)).name
-    except (LookupError, ValueError):
-        return None
-    return _CHARSET_SUPERSETS.get(codec, codec)
-
-
-def _decode_bytes(data: bytes, charset: str | None) -> str:
-    """Decode text; valid UTF-8 beats an 8-bit label (often wrong), never raises."""
-    codec = _codec(charset)
-    if not data.isascii() and not (codec or "").startswith(("utf-16", "utf-32")):
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-    try:
-        return data.decode(codec or "cp1252", "replace")
-    except (LookupError, UnicodeError, ValueError):  # non-text codecs, codecs without "replace"
-        return data.decode("cp1252", "replace")
-
-
-MAX_MESSAGE_ID = 255
-
-
-def _message_ids(values: tuple[str, ...]) -> tuple[str, ...]:
-    ids: list[str] = []
-    for value in values:
-        ids.extend(_MSGID.findall(value) or value.translate(_NO_BRACKETS).split())
-    # capped like the store's dedupe key, so one id compares equal wherever it is kept
-    cleaned = ("".join(found.split())[:MAX_MESSAGE_ID] for found in ids)
-    return tuple(dict.fromkeys(found for found in cleaned if found))
 
 
 # --- addresses -----------------------------------------------------------------------------
@@ -450,7 +325,7 @@ def _addresses(value: str | None, pairs: list[tuple[str, str]] | None = None) ->
         return ()
     if pairs is None:  # the same parser mail-parser uses (~0.1 ms per field, so not run twice)
         pairs = get_addresses(value[:_MAX_ADDRESS_FIELD], decode_names=True)
-    return tuple(Address("" if n == e else _decode_words(n).strip(), e.lower()) for n, e in pairs if e)
+    return tuple(Address("" if n == e else decode_words(n).strip(), e.lower()) for n, e in pairs if e)
 
 
 def _sender(
@@ -462,168 +337,3 @@ def _sender(
     for fallback in (_first(raw_headers, "sender"), _first(raw_headers, "return-path"), envelope):
         found = found or _addresses(fallback)
     return found[0] if found else Address("", "")
-
-
-# --- bodies, attachments, DSN --------------------------------------------------------------
-
-
-class _Walk:
-    """One pass over the MIME tree: body texts, attachment parts and DSN facts."""
-
-    def __init__(self, message: Message, defects: list[str]) -> None:
-        self.defects = defects
-        self.plain: list[str] = []
-        self.html: list[str] = []
-        self.files: list[Message] = []
-        self.is_dsn = message.get_content_type() == "multipart/report" and (
-            str(message.get_param("report-type", "")).lower() == "delivery-status"
-        )
-        self.dsn_original_id: str | None = None
-        for part in _leaves(message, defects):
-            self._take(part)
-
-    def _take(self, part: Message) -> None:
-        ctype = part.get_content_type()
-        if self.is_dsn and ctype in _DSN_HEADER_TYPES and self.dsn_original_id is None:
-            self.dsn_original_id = _original_message_id(part)
-        broken = part.get_content_maintype() == "multipart"  # boundary never found: keep what is there
-        if broken or (ctype in ("text/plain", "text/html") and _is_inline_body(part)):
-            text = _part_text(part)
-            if "\x00" not in text:
-                (self.html if ctype == "text/html" else self.plain).append(text)
-                return
-            self.defects.append("BinaryTextPart")  # NUL is never text: keep it as a file instead
-        self.files.append(part)
-
-    def body_text(self) -> str:
-        plain = "\n\n".join(text.strip("\n") for text in self.plain if text.strip())
-        if plain:
-            return plain.strip("\n")
-        return "\n\n".join(html_to_text(html) for html in self.html if html.strip())
-
-
-def _leaves(message: Message, defects: list[str]) -> Iterator[Message]:
-    """Non-multipart parts in order; message/* parts are leaves (never read as our body)."""
-    stack: list[tuple[Message, int]] = [(message, 0)]
-    while stack:
-        part, depth = stack.pop()
-        defects.extend(type(defect).__name__ for defect in part.defects)
-        if not part.is_multipart() or part.get_content_maintype() == "message":
-            yield part
-        elif depth >= _MAX_DEPTH:
-            defects.append("NestingTooDeep")
-        else:
-            children = [*_subparts(part), *_epilogue_parts(part)]
-            stack.extend((child, depth + 1) for child in reversed(children))
-
-
-def _subparts(part: Message) -> list[Message]:
-    payload = part.get_payload()
-    return [child for child in payload if isinstance(child, Message)] if isinstance(payload, list) else []
-
-
-def _epilogue_parts(part: Message) -> list[Message]:
-    """Parts after the close delimiter (a broken mailer reused the boundary), as mail-parser recovers them."""
-    boundary, epilogue = part.get_boundary(), part.epilogue
-    if not boundary or not epilogue or f"--{boundary}" not in epilogue:
-        return []
-    delimiter = re.compile(rf"^--{re.escape(boundary)}(?:--)?[ \t]*\r?\n?", re.M)
-    try:
-        return [message_from_string(chunk) for chunk in delimiter.split(epilogue)[1:] if chunk.strip()]
-    except RecursionError:
-        return []
-
-
-def _is_inline_body(part: Message) -> bool:
-    """Explicitly inline text is body even when named; undeclared text is body unless named."""
-    disposition = part.get_content_disposition()
-    return disposition == "inline" or (disposition is None and not part.get_filename())
-
-
-def _part_text(part: Message) -> str:
-    payload = part.get_payload(decode=True)
-    if not isinstance(payload, bytes):
-        return ""
-    text = _decode_bytes(payload, part.get_content_charset())
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def _original_message_id(part: Message) -> str | None:
-    if part.is_multipart():
-        values = tuple(str(v) for m in _subparts(part)[:1] for k, v in m.raw_items() if k.lower() == "message-id")
-    else:
-        values = tuple(_MSGID_LINE.findall(_part_text(part)))
-    ids = _message_ids(tuple(_decode_words(_FOLD.sub("", v)) for v in values[:1]))
-    return ids[0] if ids else None
-
-
-def _attachments(parts: list[Message], max_bytes: int, max_count: int, defects: list[str]) -> tuple[Attachment, ...]:
-    kept: list[Attachment] = []
-    for part in parts:
-        ctype = part.get_content_type()
-        ctype = ctype if _CONTENT_TYPE.fullmatch(ctype) else "application/octet-stream"
-        name = sanitize_filename(_decode_words(part.get_filename() or ""), ctype)
-        payload = _part_bytes(part)
-        if len(payload) > max_bytes:
-            defects.append(f"AttachmentTooLarge:{name}")
-        elif len(kept) >= max_count:
-            defects.append("TooManyAttachments")
-            break
-        else:
-            kept.append(Attachment(name, ctype, payload))
-    return tuple(kept)
-
-
-def _part_bytes(part: Message) -> bytes:
-    if not part.is_multipart():
-        payload = _clean_base64(part)
-        if payload is None:
-            payload = part.get_payload(decode=True)
-        return payload if isinstance(payload, bytes) else b""
-    try:  # message/*: re-serialise the embedded message(s)
-        return b"".join(inner.as_bytes() for inner in _subparts(part))
-    except Exception:  # the generator can fail on what the parser tolerated; the raw mail is kept
-        return b""
-
-
-def _clean_base64(part: Message) -> bytes | None:
-    """A well-formed base64 body decoded in one step, else None. ``get_payload(decode=True)`` returns
-    the same bytes, but encodes the text, splits it into lines and joins them first: ~4x the body's
-    size at its peak, against the decoded bytes alone here. Anything unusual (other characters,
-    padding inside, a length that is no multiple of four) goes the stdlib's way, defects and all."""
-    if str(part.get("content-transfer-encoding", "")).lower() != "base64":     # as get_payload compares it
-        return None
-    text = part.get_payload()
-    if not isinstance(text, str) or not _CLEAN_BASE64.fullmatch(text):
-        return None
-    if (len(text) - text.count("\r") - text.count("\n")) % 4:
-        return None
-    return binascii.a2b_base64(text)
-
-
-def sanitize_filename(name: str, content_type: str = "application/octet-stream") -> str:
-    """A safe base name: no path, control or format characters, no leading dots, <= 200 chars."""
-    name = unicodedata.normalize("NFC", name)
-    name = "".join(_SAFE_CHAR.get(unicodedata.category(c), c) for c in name)
-    name = re.split(r"[/\\]", _UNSAFE_NAME.sub("_", name))[-1]
-    name = _SPACES.sub(" ", name).strip(" .")
-    if not name:
-        return "attachment" + _extension(content_type)
-    if len(name) <= 200:
-        return name
-    stem, dot, ext = name.rpartition(".")
-    if not dot or len(ext) > 16:
-        return name[:200].rstrip(" .")
-    return f"{stem[: 199 - len(ext)].rstrip(' .')}.{ext}"
-
-
-@functools.lru_cache(maxsize=128)
-def _extension(content_type: str) -> str:
-    if content_type == "application/octet-stream":
-        return ""
-    return _mime_types().guess_extension(content_type, strict=False) or ""
-
-
-@functools.cache
-def _mime_types() -> mimetypes.MimeTypes:
-    return mimetypes.MimeTypes()  # built-in table only: same names on every host

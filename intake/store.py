@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from intake.crashpoints import crash_point
-from intake.parse import MAX_MESSAGE_ID
+from intake.header_text import MAX_MESSAGE_ID
 from models import InboundMail
 from models.db import unit_of_work
 
