@@ -168,7 +168,10 @@ def _clean_base64(part: Message) -> bytes | None:
     padding inside, a length that is no multiple of four) goes the stdlib's way, defects and all."""
     if str(part.get("content-transfer-encoding", "")).lower() != "base64":     # as get_payload compares it
         return None
-    text = part.get_payload()
+    try:    # undecoded; a payload with 8-bit bytes is run through its charset, which may be bogus
+        text = part.get_payload()
+    except (LookupError, UnicodeError, ValueError):     # a NUL in the charset name raises ValueError
+        return None
     if not isinstance(text, str) or not _CLEAN_BASE64.fullmatch(text):
         return None
     if (len(text) - text.count("\r") - text.count("\n")) % 4:

@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import os
 from datetime import UTC, datetime
+from email import message_from_bytes
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -737,6 +738,13 @@ def test_base64_attachments_decode_as_the_stdlib_decodes_them(data: bytes, width
     raw = _with_attachment(body)
     attachments = parse_mail(raw).attachments
     assert [a.payload for a in attachments] == [_stdlib_attachment(raw)]
+
+
+def test_an_attachment_with_8bit_bytes_and_a_bogus_charset_is_decoded_the_stdlib_way() -> None:
+    raw = (b'From: x@example.com\nContent-Type: text/plain; charset="us-ascii\x00"\nContent-Disposition: attachment\n'
+           b"Content-Transfer-Encoding: base64\n\n\xc2\x80QUJD\n")
+    [attachment] = parse_mail(raw).attachments
+    assert attachment.payload == message_from_bytes(raw).get_payload(decode=True)
 
 
 def test_a_large_attachment_is_parsed_in_about_three_times_its_size() -> None:
