@@ -18,7 +18,7 @@ from intake.logs import log_event
 from intake.pipeline import Services, accept
 from intake.processor import Accepted, Processor
 from intake.reload import ServicesHolder, holding
-from intake.smtp_session import IntakeSMTP
+from intake.smtp_session import IntakeSMTP, peer_of
 from intake.store import Envelope
 
 log = logging.getLogger("intake.smtp")
@@ -40,7 +40,7 @@ class IntakeHandler:
     async def handle_RCPT(self, server: SMTP, session: SmtpSession, envelope: SmtpEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
         if not self._accepts(address):
-            log_event(log, "smtp.recipient_refused", recipient=address, peer=_peer(session),
+            log_event(log, "smtp.recipient_refused", recipient=address, peer=peer_of(session),
                       answer=NO_SUCH_MAILBOX[:3])
             return NO_SUCH_MAILBOX
         envelope.rcpt_tos.append(address)
@@ -64,7 +64,7 @@ class IntakeHandler:
             stored = await loop.run_in_executor(self.executor, accept, services, raw, mail_envelope)
         except Exception:       # a real fault (the database is away): the client retries
             log_event(log, "smtp.store_failed", logging.ERROR, exc_info=True, mailbox=mailbox,
-                      sender=mail_envelope.sender, peer=_peer(session), answer=TRY_LATER[:3])
+                      sender=mail_envelope.sender, peer=peer_of(session), answer=TRY_LATER[:3])
             return TRY_LATER
         self.processor.submit(Accepted(services, stored, mail_envelope, raw, started))
         return OK_DUPLICATE if stored.duplicate else OK
@@ -91,8 +91,3 @@ def start_listener(services: Services | ServicesHolder, executor: ThreadPoolExec
 def serving(controller: Controller) -> bool:
     """Whether the listener still accepts connections (for the health endpoint)."""
     return controller.loop.is_running() and controller.server is not None and controller.server.is_serving()
-
-
-def _peer(session: SmtpSession) -> str:
-    peer = session.peer
-    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)

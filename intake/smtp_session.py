@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiosmtpd.smtp import MISSING, SMTP, syntax
+from aiosmtpd.smtp import MISSING, SMTP, Session, syntax
+
+from intake.logs import log_event
 
 log = logging.getLogger("intake.smtp")
 
@@ -48,11 +50,11 @@ class IntakeSMTP(SMTP):
         try:
             content = await read_data(self._reader, self.data_size_limit)
         except asyncio.CancelledError:      # the connection went away during DATA (aiosmtpd cancels the session)
-            log.info("Connection lost during DATA")
+            log_event(log, "smtp.data_interrupted", peer=peer_of(self.session))
             self._writer.close()
             raise
         except asyncio.IncompleteReadError:  # the same, seen by the reader first
-            log.info("Connection lost during DATA")
+            log_event(log, "smtp.data_interrupted", peer=peer_of(self.session))
             self._writer.close()
             return
         if content is None:
@@ -88,3 +90,9 @@ async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytes | 
     if data.find(_LINE_START_DOT) != -1:
         data = data.replace(_LINE_START_DOT, b"\r\n")
     return bytes(data)
+
+
+def peer_of(session: Session | None) -> str:
+    """`host:port` of the client, for log lines."""
+    peer = session.peer if session is not None else None
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)

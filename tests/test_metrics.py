@@ -18,7 +18,8 @@ import pytest
 
 from intake import metrics
 from intake.config import load_config
-from intake.imap_poller import ConnectionLost, ImapPoller, PollerThread
+from intake.imap_mailbox import ConnectionLost
+from intake.imap_poller import ImapPoller, PollerThread
 from intake.processor import Processor
 from intake.reload import ServicesHolder
 from intake.service import build_services, health_checks

@@ -154,3 +154,17 @@ def test_lines_longer_than_the_reader_buffer_arrive_whole(listener: tuple[int, R
     raw = b"Subject: long\r\n\r\n" + b"z" * 150_000 + b".\r\n." + b"w" * 30_000 + b"\r\n"
     assert smtp_send(port, raw)[0] == 250
     assert recorder.contents == [raw]
+
+
+def test_a_client_gone_during_data_stores_nothing_and_the_listener_goes_on(listener: tuple[int, Recorder]) -> None:
+    port, recorder = listener
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        buffered: list[bytes] = []
+        read_reply(sock, buffered)
+        for command in (b"HELO x\r\n", b"MAIL FROM:<a@acme.example>\r\n", b"RCPT TO:<support@example.com>\r\n",
+                        b"DATA\r\n"):
+            sock.sendall(command)
+            read_reply(sock, buffered)
+        sock.sendall(b"Subject: cut\r\n\r\nhalf a mail")
+    assert smtp_send(port, b"Subject: next\r\n\r\nwhole\r\n")[0] == 250
+    assert recorder.contents == [b"Subject: next\r\n\r\nwhole\r\n"]
