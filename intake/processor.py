@@ -25,7 +25,7 @@ from intake.store import Envelope, Stored
 log = logging.getLogger("intake.processor")
 
 RETRY_SECONDS = (0.5, 1, 2, 4, 8)      # a database blip; after these, resume_received takes over
-RAW_KEPT_FOR = 100      # queued mails whose bytes stay in memory; a longer backlog reads them back from the store
+RAW_KEPT_BYTES = 64 * 1024 * 1024   # queued mail kept in memory for parsing; past it, read back from the store
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class Processor:
 
     def __init__(self) -> None:
         self._queue: queue.Queue[Accepted | None] = queue.Queue()
+        self._kept = 0          # bytes of queued mail held in memory (RAW_KEPT_BYTES)
+        self._kept_lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="processing", daemon=True)
 
@@ -49,9 +51,14 @@ class Processor:
         self._thread.start()
 
     def submit(self, accepted: Accepted) -> None:
-        if self._queue.qsize() >= RAW_KEPT_FOR:     # a burst beyond what processing keeps up with costs no memory
-            accepted = replace(accepted, raw=None)
-        self._queue.put(accepted)
+        """Queue a stored mail. Its bytes stay with it while the queued bytes are under RAW_KEPT_BYTES:
+        a burst beyond what processing keeps up with, or a few huge mails, cost no more memory; the
+        rest is read back from the store (and parsed inside the processing transaction)."""
+        size = len(accepted.raw or b"")
+        with self._kept_lock:
+            keep = self._kept + size <= RAW_KEPT_BYTES
+            self._kept += size if keep else 0
+        self._queue.put(accepted if keep else replace(accepted, raw=None))
 
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -85,6 +92,9 @@ class Processor:
                     return
                 self._process(accepted)
             finally:
+                if accepted is not None and accepted.raw is not None:
+                    with self._kept_lock:
+                        self._kept -= len(accepted.raw)
                 self._queue.task_done()
 
     def _process(self, accepted: Accepted) -> None:

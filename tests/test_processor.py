@@ -44,12 +44,13 @@ def _statuses(services: Services) -> list[InboundStatus]:
         return list(session.scalars(select(InboundMail.status).order_by(InboundMail.id)))
 
 
-def test_a_backlog_keeps_only_the_first_mails_in_memory_and_all_are_processed_in_arrival_order(
+def test_a_backlog_keeps_mail_in_memory_up_to_a_byte_budget_and_all_are_processed_in_arrival_order(
         services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(processor_module, "RAW_KEPT_FOR", 3)
-    processor = Processor()
     subjects = [f"[SEV-3] mail {n}" for n in range(7)]
-    for accepted in _accept_all(services, subjects):      # queued while the thread is not running yet
+    accepted_mails = _accept_all(services, subjects)
+    monkeypatch.setattr(processor_module, "RAW_KEPT_BYTES", sum(len(a.raw or b"") for a in accepted_mails[:3]))
+    processor = Processor()
+    for accepted in accepted_mails:      # queued while the thread is not running yet
         processor.submit(accepted)
     queued = list(processor._queue.queue)
     assert [a.raw is not None for a in queued] == [True] * 3 + [False] * 4
@@ -59,6 +60,7 @@ def test_a_backlog_keeps_only_the_first_mails_in_memory_and_all_are_processed_in
     finally:
         processor.stop()
     assert _statuses(services) == [InboundStatus.PROCESSED] * 7
+    assert processor._kept == 0         # the budget is given back as mails are processed
     with services.sessions() as session:
         assert list(session.scalars(select(Ticket.subject).order_by(Ticket.id))) == subjects
 
