@@ -1,8 +1,8 @@
 """The SMTP session: aiosmtpd's, with DATA read in blocks instead of line by line.
 
-aiosmtpd reads DATA one line at a time (an await, a search and a join per line) and keeps each
-line as its own ``bytearray`` until the end, joining them once more: about 2 ms of the event
-loop's CPU for a 20 KB mail, and ~4x the mail's size in memory at the end of DATA. Here the
+aiosmtpd reads DATA one line at a time (an await, a search and a join per line: some 350,000
+event-loop rounds for a 20 MB attachment) and keeps each line as its own ``bytearray`` until the
+end, joining them once more: ~4x the mail's size in memory at the end of DATA. Here the
 reader is asked for everything up to the next ``.<CRLF>`` (one search over what has arrived);
 a match that does not start a line is ordinary content and the read goes on. The mail is
 collected in one buffer, unstuffed (RFC 5321 section 4.5.2: a leading dot is removed from
@@ -13,7 +13,8 @@ once the client has sent the whole mail, whose bytes are dropped as they arrive)
 a CRLF-terminated line (a lone ``.`` after a bare LF does not end the mail). What differs: no
 line length limit inside DATA (RFC 5321 caps lines at 1000 octets, but real senders exceed it
 and a long line is no reason to refuse a mail); the content is always bytes (the listener runs
-with ``decode_data=False``).
+with ``decode_data=False``). The override uses aiosmtpd 1.4's session internals (the reader and
+writer, the handler hook, the post-DATA reset); pyproject.toml pins 1.4 for that reason.
 """
 from __future__ import annotations
 
