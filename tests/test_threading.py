@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from intake.apply import Context, add_message, ticket_context
 from intake.parse import UnparseableMail
 from intake.pipeline import read_mail
-from models import InboundMail, Message, Ticket, TicketStatus, utcnow
+from models import InboundMail, Message, OutboxMail, Ticket, TicketStatus, utcnow
 from models.db import unit_of_work
 from notifications.outbox import Outgoing
 from tests.conftest import CaptureServer, RunningService, make_mail
@@ -111,3 +111,22 @@ def test_a_copy_on_the_case_comes_after_a_message_added_before_it_in_the_same_tr
     with service.services.sessions() as session:
         kinds = list(session.scalars(select(Message.kind).order_by(Message.id)))
     assert kinds == ["customer", "acknowledgment", "customer", "acknowledgment"]
+
+
+def test_an_outgoing_mail_enqueued_again_under_its_dedupe_key_is_dropped_with_its_copy(
+        service: RunningService) -> None:
+    assert service.send(make_mail())[0] == 250
+    ctx = Context(service.config, service.services.outbox, utcnow())
+    row_ids = []
+    for _ in range(2):      # a step retried after its first run committed
+        with unit_of_work(service.services.sessions) as session:
+            ticket = session.scalars(select(Ticket)).one()
+            row_ids.append(ctx.outbox.enqueue(session, Outgoing(
+                kind="acknowledgment", dedupe_key="test:once", to=("ann@acme.example",), ticket_id=ticket.id,
+                context={"ticket": ticket_context(ctx, ticket), "recipient_name": ""}), ctx.now))
+    assert row_ids[0] is not None and row_ids[1] is None
+    with service.services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxMail)
+                              .where(OutboxMail.dedupe_key == "test:once")) == 1
+        assert list(session.scalars(select(Message.kind).order_by(Message.id))) == ["customer", "acknowledgment",
+                                                                                    "acknowledgment"]
