@@ -102,6 +102,8 @@ MAX_MESSAGE_ID = 255
 
 
 def message_ids(values: tuple[str, ...]) -> tuple[str, ...]:
+    """The ids in Message-ID, In-Reply-To or References values: bracketed ones, else the bare words;
+    white space removed, capped, each once, in order."""
     ids: list[str] = []
     for value in values:
         ids.extend(_MSGID.findall(value) or value.translate(_NO_BRACKETS).split())
