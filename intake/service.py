@@ -1,6 +1,8 @@
 """Composition root: config -> engine -> services; and the long-running `serve` loop."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import sys
 import threading
@@ -34,6 +36,12 @@ GATHER_SECONDS = 0.25   # a pass costs a claim and an SMTP session, whatever it 
 # then the loop again); behind a busy processing thread each handoff waits up to this long
 # (Python's default is 5 ms).
 SWITCH_INTERVAL_SECONDS = 0.001
+# glibc's allocator (mallopt): blocks from 256 KiB up are mapped and given back to the system when
+# freed, and two arenas serve all threads. By default it raises that threshold to the largest
+# block freed so far and gives each busy thread an arena of its own, so a large mail's buffers
+# stayed with the process and the peak RSS drifted up mail after mail (docs/performance.md).
+_M_ARENA_MAX, _M_MMAP_THRESHOLD = -8, -3
+MALLOC_SETTINGS = ((_M_ARENA_MAX, 2), (_M_MMAP_THRESHOLD, 256 * 1024))
 
 
 def renderer_for(config: Config) -> Renderer:
@@ -65,6 +73,7 @@ def serve(config: Config) -> None:
     """Run the listener, the IMAP pollers, the outbox worker and the scheduler until SIGTERM or SIGINT;
     SIGHUP reloads the config (intake/reload.py)."""
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+    return_large_blocks()
     holder = ServicesHolder(build_services(config, warmed_outbox_for))
     services = holder.current
     monitor = None      # bound first: a metrics port in use stops the start before anything runs
@@ -102,6 +111,16 @@ def serve(config: Config) -> None:
     for poller in pollers:
         poller.join(timeout=10)
     log_event(log, "serve.stopped")
+
+
+def return_large_blocks() -> None:
+    """Apply MALLOC_SETTINGS, before any thread starts; nothing where the C library has no mallopt."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    for option, value in MALLOC_SETTINGS:
+        mallopt(option, value)
 
 
 def health_checks(holder: ServicesHolder, smtp_serving: Callable[[], bool], processor: Processor,
