@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    _logging(config, serving=args.command == "serve")
+    configure_logging(config, serving=args.command == "serve")
     try:
         return int(args.run(config, args) or 0)
     except LookupError as exc:
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _logging(config: Config, serving: bool) -> None:
+def configure_logging(config: Config, serving: bool) -> None:
     """`intake serve` logs at `service.log_level`; the one-shot commands only warnings and errors."""
     level = config.log_level if serving or config.log_level in ("warning", "error") else "warning"
     notify = [address for actions in (config.default_actions, *(rule.actions for rule in config.rules))

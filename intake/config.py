@@ -6,6 +6,7 @@ fall back to a default. Nothing here touches the network or the database.
 """
 from __future__ import annotations
 
+import copy
 import os
 import re
 import tomllib
@@ -159,6 +160,11 @@ def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | N
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update(values)
     return _Builder(path, data, Locator.of(text)).build()
+
+
+def config_from(path: Path, data: Mapping[str, Any]) -> Config:
+    """The Config of TOML read before (`Config.raw`): the processing process builds the door's."""
+    return _Builder(path, copy.deepcopy(dict(data))).build()
 
 
 class _Section:

@@ -58,6 +58,11 @@ class Result:
     ticket_id: int | None = None
     duplicate: bool = False
 
+    @property
+    def metric_outcome(self) -> str:
+        """The `outcome` label of intake_mails_received."""
+        return "duplicate" if self.duplicate else self.outcome.value if self.outcome else "quarantined"
+
 
 def ingest(services: Services, raw: bytes, envelope: Envelope) -> Result:
     """Store durably, then process (the IMAP door and `intake import`). Raises when the database
@@ -87,8 +92,7 @@ def finish(services: Services, stored: Stored, envelope: Envelope, raw: bytes | 
     result = process(services, stored.inbound_id, parsed=parsed)
     if stored.duplicate:
         result = Result(stored.inbound_id, None, "duplicate", duplicate=True)
-    outcome = "duplicate" if result.duplicate else result.outcome.value if result.outcome else "quarantined"
-    metrics.received(envelope.door, outcome, time.monotonic() - started)
+    metrics.received(envelope.door, result.metric_outcome, time.monotonic() - started)
     return result
 
 

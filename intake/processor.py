@@ -1,12 +1,14 @@
 """Processing off the SMTP answer.
 
 The listener answers `250` once a mail is stored, the durability point (PRODUCT.md §3), and
-hands it here; one thread runs stages 2-6 on stored mail in the order it arrived, so a sender
-waits for a commit, never for parsing, rendering or the write lock held by processing.
+hands it to the processing process (intake/processing_process.py), where one thread of this
+kind runs stages 2-6 on stored mail in the order it arrived, so a sender waits for a commit,
+never for parsing, rendering or the write lock held by processing.
 
-Each mail is processed under the config it was received with. A mail the process did not get
-to (it stopped or died first, or the database was away through every retry) stays `received`:
-`resume_received` finishes it at the next start, and within minutes from the scheduler.
+Each mail is processed under the config the processing process had when the mail reached it (a
+reload is passed on in order with the mails). A mail the thread did not get to (it stopped or
+died first, or the database was away through every retry) stays `received`: `resume_received`
+finishes it at the next start, and within minutes from the scheduler.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from sqlalchemy.exc import OperationalError
 
@@ -40,7 +43,8 @@ class Accepted:
 class Processor:
     """A queue of accepted mail and the thread that processes it."""
 
-    def __init__(self) -> None:
+    def __init__(self, done: Callable[[Accepted, str | None], None] | None = None) -> None:
+        self._done = done       # told of each mail taken: its outcome, or None when not processed now
         self._queue: queue.Queue[Accepted | None] = queue.Queue()
         self._kept = 0          # bytes of queued mail held in memory (RAW_KEPT_BYTES)
         self._kept_lock = threading.Lock()
@@ -98,15 +102,21 @@ class Processor:
                 self._queue.task_done()
 
     def _process(self, accepted: Accepted) -> None:
+        outcome = self._finish(accepted)
+        if self._done is not None:
+            self._done(accepted, outcome)
+
+    def _finish(self, accepted: Accepted) -> str | None:
         for delay in (*RETRY_SECONDS, None):
             try:
-                finish(accepted.services, accepted.stored, accepted.envelope, accepted.raw, accepted.started)
-                return
+                return finish(accepted.services, accepted.stored, accepted.envelope, accepted.raw,
+                              accepted.started).metric_outcome
             except OperationalError:    # logged by process() as mail.deferred; the mail stays `received`
                 if delay is None or self._stopping.wait(delay):
                     break
             except Exception:   # the quarantine itself failed: the mail stays `received` for resume_received
                 log_event(log, "processing.failed", logging.ERROR, exc_info=True, inbound=accepted.stored.inbound_id)
-                return
+                return None
         log_event(log, "processing.deferred", logging.WARNING, inbound=accepted.stored.inbound_id,
                   retry="resume_received")
+        return None

@@ -43,16 +43,21 @@ class ServicesHolder:
 
     def reload(self, path: Path, outbox_for: Callable[[Config], Outbox]) -> bool:
         """Load and validate `path`; swap it in if it is good. Returns whether it was."""
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log_event(log, "config.problem", logging.ERROR, problem=problem)
+            log_event(log, "config.not_reloaded", logging.ERROR, path=str(path), problems=len(exc.problems),
+                      running="the previous config")
+            return False
+        self.use(config, outbox_for)
+        return True
+
+    def use(self, config: Config, outbox_for: Callable[[Config], Outbox]) -> None:
+        """Swap in a valid `config`; the keys that need a restart keep their running values."""
         with self._lock:
             old = self._current
-            try:
-                config = load_config(path)
-            except ConfigError as exc:
-                for problem in exc.problems:
-                    log_event(log, "config.problem", logging.ERROR, problem=problem)
-                log_event(log, "config.not_reloaded", logging.ERROR, path=str(path), problems=len(exc.problems),
-                          running="the previous config")
-                return False
             kept = {name: getattr(old.config, name) for name in RESTART_ONLY
                     if getattr(config, name) != getattr(old.config, name)}
             for name in kept:
@@ -60,8 +65,7 @@ class ServicesHolder:
                           effect="at the next restart")
             config = replace(config, **kept)
             self._current = replace(old, config=config, outbox=outbox_for(config))
-        log_event(log, "config.reloaded", path=str(path), rules=len(config.rules))
-        return True
+        log_event(log, "config.reloaded", path=str(config.path), rules=len(config.rules))
 
 
 def holding(services: Services | ServicesHolder) -> ServicesHolder:

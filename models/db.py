@@ -1,13 +1,15 @@
 """Engine and the one unit of work that commits."""
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 from collections import deque
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 
@@ -83,12 +85,29 @@ class FairLock:
     it: the processing thread, going from one mail's transaction to the next, would keep the SMTP
     door's store waiting."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared_with_processes: str | None = None) -> None:
         self._mutex = threading.Lock()
         self._waiters: deque[threading.Lock] = deque()
         self._held = False
+        # Other processes on the database (processing beside the door, one-shot commands) take the
+        # same lock file: the kernel wakes a waiter at once, where SQLite's busy handler would sleep.
+        self._shared_path = shared_with_processes
+        self._file: int | None = None      # opened at the first write: the folder exists once SQLite has opened the file
 
     def acquire(self, timeout: float) -> bool:
+        if not self._acquire_here(timeout):
+            return False
+        if self._shared_path is not None:
+            try:
+                if self._file is None:
+                    self._file = os.open(self._shared_path, os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(self._file, fcntl.LOCK_EX)
+            except BaseException:
+                self._release_here()
+                raise
+        return True
+
+    def _acquire_here(self, timeout: float) -> bool:
         with self._mutex:
             if not self._held:
                 self._held = True
@@ -108,6 +127,11 @@ class FairLock:
         return True     # handed over just as the wait timed out
 
     def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._release_here()
+
+    def _release_here(self) -> None:
         with self._mutex:
             if self._waiters:
                 self._waiters.popleft().release()     # still held: it passes to the first waiter
@@ -161,5 +185,7 @@ def _writer_class(url: str) -> type[_Writer]:
     """One connection class, and so one lock, per database URL in this process."""
     with _WRITER_CLASSES_LOCK:
         if url not in _WRITER_CLASSES:
-            _WRITER_CLASSES[url] = type("Writer", (_Writer,), {"lock": FairLock()})
+            database = make_url(url).database
+            shared = f"{database}-writelock" if database and database != ":memory:" else None
+            _WRITER_CLASSES[url] = type("Writer", (_Writer,), {"lock": FairLock(shared)})
         return _WRITER_CLASSES[url]

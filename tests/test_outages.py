@@ -125,7 +125,8 @@ def test_sqlite_disk_full_gives_a_clear_451_no_corruption_and_recovers_when_spac
         assert smtp_send(port, big, big_sender, ("support@example.com",)) == 451
         assert smtp_send(port, *small[2], ("support@example.com",)) == 250    # small mail still fits
         assert serve.alive()
-        resource.prlimit(serve.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        for pid in (serve.pid, *_children(serve.pid)):      # the door and its processing process
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         assert send_until_stored(lambda: port, big, big_sender, timeout=30).codes[-1] == 250
         _assert_every_mail_once(db, capture, 4)
         assert db.scalar("SELECT count(*) FROM inbound_mail WHERE status = 'quarantined'") == 0
@@ -135,3 +136,8 @@ def test_sqlite_disk_full_gives_a_clear_451_no_corruption_and_recovers_when_spac
     with sqlite3.connect(db_file) as check:         # after a kill, the file and its WAL are sound
         assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert check.execute("SELECT count(*) FROM inbound_mail").fetchone() == (4,)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]

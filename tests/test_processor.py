@@ -2,6 +2,8 @@
 and a stop that leaves unprocessed mail for the next start."""
 from __future__ import annotations
 
+import os
+import signal
 import smtplib
 import threading
 import time
@@ -19,7 +21,8 @@ from intake.processor import Accepted, Processor
 from intake.service import build_services
 from intake.store import Envelope
 from models import InboundMail, InboundStatus, Ticket
-from tests.conftest import RunningService, crlf, make_mail, write_config
+from tests.conftest import CaptureServer, RunningService, crlf, free_port, make_mail, write_config
+from tests.harness import Serve, send_until_stored
 
 ENVELOPE = Envelope("smtp", "support@example.com", "ann@acme.example", ("support@example.com",))
 
@@ -97,3 +100,22 @@ def test_the_listener_answers_once_the_mail_is_stored_while_processing_is_still_
     go_on.set()
     assert service.processor.wait_idle(30)
     assert _statuses(service.services) == [InboundStatus.PROCESSED]
+
+
+def test_processing_runs_in_a_process_of_its_own_and_serve_ends_as_killed_when_it_dies(
+        tmp_path: Path, db_url: str, capture: CaptureServer) -> None:
+    port = free_port()
+    config = write_config(tmp_path, db_url, port, capture.port)
+    serve = Serve(config, port, tmp_path / "serve.log")
+    try:
+        assert send_until_stored(lambda: port, make_mail("[SEV-3] processed next door"), "ann@acme.example",
+                                 timeout=20).codes[-1] == 250
+        capture.wait_for(1, timeout=20)     # processed in the child, delivered by the door's outbox worker
+        [child] = [int(pid) for task in Path(f"/proc/{serve.pid}/task").iterdir()
+                   for pid in (task / "children").read_text().split()
+                   if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]   # not the resource tracker
+        os.kill(child, signal.SIGKILL)
+        assert serve.wait_exit(15) == -signal.SIGKILL
+        assert "processing.died" in serve.output()
+    finally:
+        serve.kill()

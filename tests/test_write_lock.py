@@ -1,10 +1,16 @@
-"""The in-process SQLite write lock: handed over in arrival order, a door's store first."""
+"""The SQLite write lock: handed over in arrival order in a process, a door's store first, and
+shared with the other processes on the database."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
-from models.db import FairLock, first_in_line
+from sqlalchemy import text
+
+from models.db import FairLock, first_in_line, make_engine
 
 
 def _queue_up(lock: FairLock, names: list[str], taken: list[str], first: set[str]) -> list[threading.Thread]:
@@ -48,3 +54,38 @@ def test_a_wait_that_times_out_leaves_the_line_and_the_lock_still_works() -> Non
     lock.release()
     assert lock.acquire(0.1)        # free again: the timed-out waiter did not take it
     lock.release()
+
+
+HOLD_IN_ANOTHER_PROCESS = """
+import sys, time
+from sqlalchemy import text
+from models.db import make_engine
+engine = make_engine(sys.argv[1])
+with engine.begin() as conn:          # BEGIN IMMEDIATE under the shared lock
+    conn.execute(text("INSERT INTO held (at) VALUES (1)"))
+    print("holding", flush=True)
+    time.sleep(0.6)
+"""
+
+
+def test_a_write_in_another_process_waits_on_the_lock_file_and_is_woken_when_it_is_free(tmp_path: Path) -> None:
+    """The processing process and the door share SQLite's write lock through `<database>-writelock`:
+    a writer waits for the other process's transaction and goes on as soon as it ends."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE held (at INTEGER)"))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_IN_ANOTHER_PROCESS, url], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        started = time.monotonic()
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO held (at) VALUES (2)"))
+        waited = time.monotonic() - started
+    finally:
+        assert holder.wait(10) == 0
+    assert 0.3 < waited < 5
+    with engine.connect() as conn:
+        assert list(conn.scalars(text("SELECT at FROM held ORDER BY rowid"))) == [1, 2]
+    assert (tmp_path / "shared.db-writelock").exists()

@@ -1,0 +1,152 @@
+"""Processing in a process of its own, beside the SMTP door.
+
+One interpreter ran the door (event loop, store), processing and delivery, and was the limit at
+one core while the machine's other core idled (docs/performance.md). `intake serve` now starts
+this process; the door sends it each stored mail (id, envelope, bytes) through a pipe, and it runs
+stages 2-6 in arrival order on its own `Processor` thread, with the same retries and byte budget.
+For each mail it answers the door, outcome and start time, from which the door's process counts
+the metrics and wakes the outbox worker.
+
+Nothing is lost if it dies: a mail is stored before it is sent here, and a mail not processed
+stays `received` (`resume_received`). `intake serve` then ends at once, as killed, so that its
+supervisor starts it again; a reload (SIGHUP) is passed on.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from intake import metrics
+from intake.config import Config, config_from
+from intake.logs import log_event
+from intake.processor import Accepted, Processor
+from intake.reload import ServicesHolder
+from intake.store import Stored
+
+log = logging.getLogger("intake.processor")
+
+STOP = None
+RELOAD = "reload"
+
+
+class ProcessingProcess:
+    """The door's side: what `Processor` offers, with the processing in a child process."""
+
+    def __init__(self, holder: ServicesHolder) -> None:
+        self._holder = holder
+        context = multiprocessing.get_context("spawn")     # a clean interpreter: the door already runs threads
+        self._conn, child_conn = context.Pipe()
+        config = holder.current.config      # the door's config as it read it, not the file as it is by now
+        self._process = context.Process(target=_run, args=(str(config.path), dict(config.raw), child_conn),
+                                        name="intake-processing", daemon=True)
+        self._outgoing: queue.Queue[Any] = queue.Queue()   # the event loop never waits for the pipe
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._stopping = False
+
+    def start(self) -> None:
+        self._process.start()
+        threading.Thread(target=self._send, name="processing-send", daemon=True).start()
+        threading.Thread(target=self._receive, name="processing-results", daemon=True).start()
+
+    def submit(self, accepted: Accepted) -> None:
+        with self._idle:
+            self._pending += 1
+        self._outgoing.put(("mail", accepted.stored.inbound_id, accepted.stored.duplicate, accepted.envelope,
+                            accepted.raw, accepted.started))
+
+    def reload(self, config: Config) -> None:
+        """Pass on a config the door reloaded (as TOML data: the file may have changed again since)."""
+        self._outgoing.put((RELOAD, str(config.path), dict(config.raw)))
+
+    def alive(self) -> bool:
+        return self._process.is_alive()
+
+    def wait_idle(self, timeout: float = 30) -> bool:
+        """Whether every submitted mail was processed within `timeout` seconds."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+
+    def stop(self, timeout: float = 10) -> None:
+        """The child processes what is queued for up to `timeout` seconds, then finishes the mail in
+        hand and stops; what is still queued stays `received` for the next start."""
+        self._stopping = True
+        self._outgoing.put(STOP)
+        self._process.join(2 * timeout + 5)
+
+    def _send(self) -> None:
+        while True:
+            item = self._outgoing.get()
+            try:
+                self._conn.send(item)
+            except (OSError, ValueError):       # the child is gone: _receive ends the service
+                return
+            if item is STOP:
+                return
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                door, outcome, started = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            if outcome is not None:     # None: not processed now (deferred to resume_received, or failed)
+                metrics.received(door, outcome, time.monotonic() - started)
+            event = self._holder.current.mail_enqueued
+            if event is not None:
+                event.set()
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
+        if not self._stopping:      # died: end as killed, so that the supervisor starts the service again
+            log_event(log, "processing.died", logging.ERROR, exitcode=self._process.exitcode)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _run(config_path: str, raw: dict[str, Any], conn: Connection) -> None:
+    """The child: build the services from the door's config, then process what the door sends."""
+    from intake.cli import configure_logging
+    from intake.service import build_services, return_large_blocks, warmed_outbox_for
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)        # a Ctrl-C reaches the door, which stops this
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)        # reloads come through the pipe
+    return_large_blocks()
+    config = config_from(Path(config_path), raw)
+    configure_logging(config, serving=True)
+    logging.getLogger("intake.reload").disabled = True     # the door logs each reload; this one follows it
+    holder = ServicesHolder(build_services(config, warmed_outbox_for))
+    results: queue.Queue[Any] = queue.Queue()
+    processor = Processor(done=lambda accepted, outcome: results.put((accepted.envelope.door, outcome,
+                                                                      accepted.started)))
+    processor.start()
+    threading.Thread(target=_answer, args=(conn, results), name="processing-answer", daemon=True).start()
+    while True:
+        try:
+            item = conn.recv()
+        except (EOFError, OSError):     # the door is gone
+            item = STOP
+        if item is STOP:
+            processor.stop()
+            results.put(STOP)
+            return
+        if item[0] == RELOAD:
+            holder.use(config_from(Path(item[1]), item[2]), warmed_outbox_for)
+            continue
+        _, inbound_id, duplicate, envelope, raw, started = item
+        processor.submit(Accepted(holder.current, Stored(inbound_id, duplicate), envelope, raw, started))
+
+
+def _answer(conn: Connection, results: queue.Queue[Any]) -> None:
+    while (item := results.get()) is not STOP:
+        try:
+            conn.send(item)
+        except (OSError, ValueError):
+            return
