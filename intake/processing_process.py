@@ -127,7 +127,8 @@ def _run(config_path: str, raw: dict[str, Any], conn: Connection) -> None:
     processor = Processor(done=lambda accepted, outcome: results.put((accepted.envelope.door, outcome,
                                                                       accepted.started)))
     processor.start()
-    threading.Thread(target=_answer, args=(conn, results), name="processing-answer", daemon=True).start()
+    answering = threading.Thread(target=_answer, args=(conn, results), name="processing-answer", daemon=True)
+    answering.start()
     while True:
         try:
             item = conn.recv()
@@ -136,6 +137,7 @@ def _run(config_path: str, raw: dict[str, Any], conn: Connection) -> None:
         if item is STOP:
             processor.stop()
             results.put(STOP)
+            answering.join(5)       # the last outcomes reach the door's metrics
             return
         if item[0] == RELOAD:
             holder.use(config_from(Path(item[1]), item[2]), warmed_outbox_for)

@@ -33,8 +33,8 @@ log = logging.getLogger("intake.serve")
 
 GATHER_SECONDS = 0.25   # a pass costs a claim and an SMTP session, whatever it sends
 # The SMTP door needs the interpreter briefly and often (the event loop, then the store thread,
-# then the loop again); behind a busy processing thread each handoff waits up to this long
-# (Python's default is 5 ms).
+# then the loop again); behind a busy thread (the outbox worker, an IMAP poller and the processing
+# they run) each handoff waits up to this long (Python's default is 5 ms).
 SWITCH_INTERVAL_SECONDS = 0.001
 # glibc's allocator (mallopt): blocks from 256 KiB up are mapped and given back to the system when
 # freed, and two arenas serve all threads. By default it raises that threshold to the largest
