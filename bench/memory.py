@@ -7,7 +7,8 @@ Three parts:
    base64 on the wire: 1.37 times the size), a fresh `intake serve` on a fresh database takes
    20 small mails (warm-up, as in `bench/ingest.py`), then one mail with one attachment of
    that size; once the mail is processed and its outbox rows delivered to a capture relay in
-   this process, the server's VmHWM (peak RSS) and VmRSS (from /proc/PID/status) are read.
+   this process, the server's VmHWM (peak RSS) and VmRSS (from /proc/PID/status) are read,
+   summed over its two processes (the door and the processing process).
    Printed: the peak's growth over the warm-up peak, and that growth as a multiple of the
    message's size on the wire.
 2. **repeat**: one fresh server takes `--repeat` (20) mails of `--repeat-mb` (5) MB one after
@@ -45,7 +46,7 @@ from aiosmtpd.controller import Controller
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.ingest import (WARM_UP_MAILS, Options, Sink, _admin, corpus, free_port, fresh_database,  # noqa: E402
-                          serving, settle, write_config)
+                          memory_mb, serving, settle, write_config)
 
 MB = 1_000_000
 MAX_MESSAGE_BYTES = 64 * 2**20
@@ -68,25 +69,15 @@ def attachment_mail(size: int, n: int) -> bytes:
     return msg.as_bytes().replace(b"\n", b"\r\n")
 
 
-def status(pid: int) -> dict[str, float]:
-    """VmHWM and VmRSS of a process, in MiB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmHWM", "VmRSS"):
-            values[key] = int(rest.split()[0]) / 1024
-    return values
-
-
 def per_size(opts: Options, sink: Sink, sizes: list[int]) -> list[tuple[int, int, dict[str, float], dict[str, float]]]:
     results = []
     for size in sizes:
         raw = attachment_mail(size, 1)
         url = fresh_database(opts, f"intake_bench_memory_{os.getpid()}_{size // MB}")
         with serving(opts, url, sink, LIMITS) as (port, server):
-            before = status(server.pid)
+            before = memory_mb(server.pid)
             settle(port, url, sink, [raw])
-            results.append((size, len(raw), before, status(server.pid)))
+            results.append((size, len(raw), before, memory_mb(server.pid)))
         print(f"  {size / MB:g} MB done", file=sys.stderr, flush=True)
     return results
 
@@ -97,14 +88,14 @@ def repeat(opts: Options, sink: Sink, count: int, size: int
     seen = []
     url = fresh_database(opts, f"intake_bench_memory_{os.getpid()}_repeat")
     with serving(opts, url, sink, LIMITS) as (port, server):
-        before = status(server.pid)
+        before = memory_mb(server.pid)
         wire = 0
         for n in range(1, count + 1):
             raw = attachment_mail(size, n)
             wire = len(raw)
             settle(port, url, sink, [raw])
             if n in marks:
-                seen.append((n, status(server.pid)))
+                seen.append((n, memory_mb(server.pid)))
     return wire, before, seen
 
 
