@@ -6,7 +6,6 @@ fall back to a default. Nothing here touches the network or the database.
 """
 from __future__ import annotations
 
-import copy
 import os
 import re
 import tomllib
@@ -164,7 +163,7 @@ def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | N
 
 def config_from(path: Path, data: Mapping[str, Any]) -> Config:
     """The Config of TOML read before (`Config.raw`): the processing process builds the door's."""
-    return _Builder(path, copy.deepcopy(dict(data))).build()
+    return _Builder(path, dict(data)).build()
 
 
 class _Section:

@@ -60,8 +60,9 @@ class ProcessingProcess:
     def submit(self, accepted: Accepted) -> None:
         with self._idle:
             self._pending += 1
+        raw = None if accepted.stored.duplicate else accepted.raw     # a duplicate is not parsed again
         self._outgoing.put(("mail", accepted.stored.inbound_id, accepted.stored.duplicate, accepted.envelope,
-                            accepted.raw, accepted.started))
+                            raw, accepted.started))
 
     def reload(self, config: Config) -> None:
         """Pass on a config the door reloaded (as TOML data: the file may have changed again since)."""

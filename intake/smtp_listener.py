@@ -1,9 +1,9 @@
 """The SMTP door: a thin aiosmtpd handler that answers 250 only after the mail is committed.
 
 The store runs in a worker thread; the stored mail is then handed to processing (in its own
-process, intake/processing_process.py), so the answer waits for the commit and nothing else. The reply codes
-are constants here; internals never reach the SMTP session (a database outage is a plain 451,
-the client retries).
+process, intake/processing_process.py), so the answer waits for the commit and nothing else.
+The reply codes are constants here; internals never reach the SMTP session (a database outage
+is a plain 451, the client retries).
 """
 from __future__ import annotations
 

@@ -89,3 +89,22 @@ def test_a_write_in_another_process_waits_on_the_lock_file_and_is_woken_when_it_
     with engine.connect() as conn:
         assert list(conn.scalars(text("SELECT at FROM held ORDER BY rowid"))) == [1, 2]
     assert (tmp_path / "shared.db-writelock").exists()
+
+
+def test_a_lock_file_held_too_long_elsewhere_times_out_and_leaves_the_lock_usable(tmp_path: Path) -> None:
+    """A process hung inside a write must not hold the others up for good: the wait ends at the
+    timeout (the store then answers 451), and the lock works again once the file is free."""
+    path = tmp_path / "db-writelock"
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
+                               "os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); "
+                               "time.sleep(1.5)", str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        lock = FairLock(str(path))
+        started = time.monotonic()
+        assert not lock.acquire(0.3)
+        assert 0.25 < time.monotonic() - started < 1.2
+    finally:
+        assert holder.wait(10) == 0
+    assert lock.acquire(1)      # neither the in-process lock nor the file was left taken
+    lock.release()
