@@ -23,7 +23,7 @@ from intake.smtp_listener import serving, start_listener
 from intake.sweep import SWEEP_SECONDS, run_sweeps
 from models import utcnow
 from models.db import make_engine, session_factory
-from notifications.delivery import deliver_due
+from notifications.delivery import CLAIM_BATCH, deliver_due
 from notifications.outbox import Outbox
 from notifications.render import Renderer, shipped_templates_dir
 from notifications.scheduler import start_scheduler
@@ -159,7 +159,7 @@ def outbox_worker(services: Services | ServicesHolder, stopping: threading.Event
         except Exception:     # the database is away: try again on the next tick
             log_event(log, "outbox.worker_failed", logging.ERROR, exc_info=True)
             report = None
-        if report is None or not (report.sent or report.retried or report.failed):
+        if report is None or not report.handled:
             wake.wait(idle_seconds)
-        else:       # more mail is likely on its way: a short pause lets the next pass take it in one batch
-            stopping.wait(GATHER_SECONDS)
+        elif report.handled < CLAIM_BATCH:  # more mail is likely on its way: a short pause lets the next
+            stopping.wait(GATHER_SECONDS)   # pass take it in one batch; after a full batch it starts at once

@@ -28,6 +28,7 @@ log = logging.getLogger("intake.delivery")
 LEASE = timedelta(minutes=5)
 FIRST_RETRY = timedelta(seconds=30)
 MAX_RETRY = timedelta(hours=1)
+CLAIM_BATCH = 50        # rows leased per pass
 _unrecorded: list[dict[str, Any]] = []     # send results a pass could not write (the database was away)
 _unrecorded_lock = threading.Lock()
 
@@ -37,6 +38,11 @@ class DeliveryReport:
     sent: int = 0
     retried: int = 0
     failed: int = 0
+
+    @property
+    def handled(self) -> int:
+        """Rows the pass claimed and settled: a full batch means more are likely due right now."""
+        return self.sent + self.retried + self.failed
 
 
 def backoff(attempts: int) -> timedelta:
@@ -72,7 +78,7 @@ _CLAIM_IDS = (update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=
 _RECORD = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id"))    # SET: the other keys of each result
 
 
-def claim_due(conn: Connection, now: datetime, limit: int = 50) -> list[Claimed]:
+def claim_due(conn: Connection, now: datetime, limit: int = CLAIM_BATCH) -> list[Claimed]:
     """Lease up to `limit` due rows in one short transaction; they are sent in the order they fell due.
 
     On PostgreSQL one statement leases the rows and returns each with its due time, to sort by.

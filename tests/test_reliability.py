@@ -1,11 +1,15 @@
 """Nothing lost, nothing twice: a relay outage, a failing step."""
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from intake import service as service_module
+from intake.service import outbox_worker
+from notifications.delivery import CLAIM_BATCH
 from tests.conftest import CaptureServer, RunningService, make_mail
 
 pytestmark = pytest.mark.integration
@@ -36,6 +40,26 @@ def test_relay_outage_delays_acknowledgments_and_loses_none(service: RunningServ
     capture.wait_for(4, timeout=1.5)
     assert len(capture.all_mails) == 6
     assert len(service.cli_json("outbox", "list", "--status", "sent")) == 6
+
+
+def test_a_backlog_is_delivered_in_back_to_back_passes(start_service, capture: CaptureServer,  # type: ignore[no-untyped-def]
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass that leased a full batch is followed at once by the next: the pause that gathers
+    mail on its way applies only after a pass that found less, or delivery would lag behind intake."""
+    service = start_service(worker=False)
+    mails = CLAIM_BATCH // 2 + 5        # an acknowledgment and a staff notification each: over one batch
+    for n in range(mails):
+        assert service.send(make_mail(subject=f"[SEV-3] backlog {n}", sender=f"u{n}@acme.example"))[0] == 250
+    monkeypatch.setattr(service_module, "GATHER_SECONDS", 60)
+    stopping = threading.Event()
+    worker = threading.Thread(target=outbox_worker, args=(service.services, stopping, 60), daemon=True)
+    worker.start()
+    try:
+        assert len(capture.wait_for(mails, timeout=10)) == mails
+        assert len(capture.wait_for(mails, timeout=10, staff=True)) == mails
+    finally:
+        stopping.set()
+        worker.join(5)
 
 
 def test_a_failing_step_quarantines_the_mail_and_replay_finishes_it(
