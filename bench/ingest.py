@@ -38,6 +38,7 @@ import argparse
 import os
 import platform
 import random
+import re
 import shutil
 import smtplib
 import socket
@@ -264,8 +265,13 @@ def send_paced(port: int, mails: list[bytes], rate: float, clients: int) -> tupl
         return [lat for part in parts for lat in part.result()], state["late"]
 
 
+FROM_ADDRESS = re.compile(rb"^From: [^<\r\n]*<([^>]+)>", re.MULTILINE)
+
+
 def _send(smtp: smtplib.SMTP, raw: bytes) -> float:
-    smtp.mail("user@acme.example")
+    """One mail, its envelope sender the address of its From (as a customer's mail server sends it)."""
+    sender = FROM_ADDRESS.search(raw)
+    smtp.mail(sender.group(1).decode() if sender else "user@acme.example")
     smtp.rcpt("support@example.com")
     started = time.perf_counter()
     code, _ = smtp.data(raw)

@@ -24,6 +24,7 @@ from routing.severity import SeverityLevel
 from routing.sla import Calendar, Duration
 
 T = TypeVar("T")
+MAX_PROCESSING_PROCESSES = 16
 DEFAULT_HOURS = {day: "09:00-17:00" for day in ("mon", "tue", "wed", "thu", "fri")}
 _MISSING: Any = object()
 
@@ -117,7 +118,16 @@ class Config:
     redact_addresses: bool = True
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464                # 0: no metrics and health endpoint
+    processing_processes: int = 0           # 0: as suits the database (processing_lanes)
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def processing_lanes(self) -> int:
+        """Processes that process stored mail at once: SQLite lets one transaction write at a time,
+        so one; on PostgreSQL two keep a 2-core machine busy while each waits for the database."""
+        if self.processing_processes:
+            return self.processing_processes
+        return 1 if self.database_url.startswith("sqlite") else 2
 
     def mailbox(self, address: str) -> MailboxConfig:
         """The mailbox for an address (plus-tags ignored); the first mailbox when none is named."""
@@ -275,6 +285,10 @@ class _Builder:
         values.update(self._metrics())
         db = self.section("database")
         values["database_url"] = db.get("url", str)
+        values["processing_processes"] = db.get("processing_processes", int, 0)
+        if not 0 <= values["processing_processes"] <= MAX_PROCESSING_PROCESSES:
+            self.problem("database", "processing_processes", f"{values['processing_processes']}: expected 0 "
+                         f"(as suits the database) to {MAX_PROCESSING_PROCESSES}")
         db.finish()
         return values
 

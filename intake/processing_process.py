@@ -7,7 +7,11 @@ stages 2-6 in arrival order on its own `Processor` thread, with the same retries
 For each mail it answers the door, outcome and start time, from which the door's process counts
 the metrics and wakes the outbox worker.
 
-Nothing is lost if it dies: a mail is stored before it is sent here, and a mail not processed
+On PostgreSQL, where transactions write side by side, `ProcessingLanes` runs several such
+processes (`[database] processing_processes`); each sender's mail goes to the same one, so one
+sender's mails are still processed in the order they arrived.
+
+Nothing is lost if one dies: a mail is stored before it is sent here, and a mail not processed
 stays `received` (`resume_received`). `intake serve` then ends at once, as killed, so that its
 supervisor starts it again; a reload (SIGHUP) is passed on.
 """
@@ -20,6 +24,7 @@ import queue
 import signal
 import threading
 import time
+import zlib
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -79,9 +84,15 @@ class ProcessingProcess:
     def stop(self, timeout: float = 10) -> None:
         """The child processes what is queued for up to `timeout` seconds, then finishes the mail in
         hand and stops; what is still queued stays `received` for the next start."""
+        self.ask_to_stop()
+        self.join(timeout)
+
+    def ask_to_stop(self) -> None:
         self._stopping = True
         self._outgoing.put(STOP)
-        self._process.join(2 * timeout + 5)
+
+    def join(self, timeout: float) -> None:
+        self._process.join(2 * timeout + 5)     # the child's own stop waits up to twice `timeout`
 
     def _send(self) -> None:
         while True:
@@ -153,3 +164,36 @@ def _answer(conn: Connection, results: queue.Queue[Any]) -> None:
             conn.send(item)
         except (OSError, ValueError):
             return
+
+
+class ProcessingLanes:
+    """Several processing processes; a sender's mail always goes to the same one (its lane)."""
+
+    def __init__(self, holder: ServicesHolder, processes: int) -> None:
+        self._lanes = [ProcessingProcess(holder) for _ in range(processes)]
+
+    def start(self) -> None:
+        for lane in self._lanes:
+            lane.start()
+
+    def submit(self, accepted: Accepted) -> None:
+        sender = (accepted.envelope.sender or "").lower().encode()
+        self._lanes[zlib.crc32(sender) % len(self._lanes)].submit(accepted)
+
+    def reload(self, config: Config) -> None:
+        for lane in self._lanes:
+            lane.reload(config)
+
+    def alive(self) -> bool:
+        return all(lane.alive() for lane in self._lanes)
+
+    def wait_idle(self, timeout: float = 30) -> bool:
+        deadline = time.monotonic() + timeout
+        return all(lane.wait_idle(max(0.0, deadline - time.monotonic())) for lane in self._lanes)
+
+    def stop(self, timeout: float = 10) -> None:
+        """As ProcessingProcess.stop, the lanes stopping side by side."""
+        for lane in self._lanes:
+            lane.ask_to_stop()
+        for lane in self._lanes:
+            lane.join(timeout)

@@ -27,7 +27,8 @@ log = logging.getLogger("intake.reload")
 RESTART_ONLY = {"database_url": "database.url", "smtp_host": "smtp.host", "smtp_port": "smtp.port",
                 "max_message_bytes": "smtp.max_message_bytes", "metrics_host": "metrics.host",
                 "metrics_port": "metrics.port", "log_format": "service.log_format",
-                "log_level": "service.log_level", "redact_addresses": "service.redact_addresses"}
+                "log_level": "service.log_level", "redact_addresses": "service.redact_addresses",
+                "processing_processes": "database.processing_processes"}
 
 
 class ServicesHolder:

@@ -17,7 +17,7 @@ from intake.crashpoints import crash_point
 from intake.imap_poller import PollerThread, start_pollers
 from intake.logs import log_event
 from intake.pipeline import Services, resume_received
-from intake.processing_process import ProcessingProcess
+from intake.processing_process import ProcessingLanes
 from intake.reload import ServicesHolder, Signals, holding
 from intake.smtp_listener import serving, start_listener
 from intake.sweep import SWEEP_SECONDS, run_sweeps
@@ -86,7 +86,7 @@ def serve(config: Config) -> None:
         log_event(log, "serve.resumed", mails=resumed)
     single_writer = config.database_url.startswith("sqlite")
     executor = ThreadPoolExecutor(max_workers=1 if single_writer else 4, thread_name_prefix="ingest")
-    processor = ProcessingProcess(holder)
+    processor = ProcessingLanes(holder, config.processing_lanes)
     processor.start()
     listener = start_listener(holder, executor, processor, config.smtp_host, config.smtp_port)
     resume = (lambda: resume_received(holder.current, timedelta(minutes=1)), 60)
@@ -124,7 +124,7 @@ def return_large_blocks() -> None:
         mallopt(option, value)
 
 
-def health_checks(holder: ServicesHolder, smtp_serving: Callable[[], bool], processor: ProcessingProcess,
+def health_checks(holder: ServicesHolder, smtp_serving: Callable[[], bool], processor: ProcessingLanes,
                   pollers: list[PollerThread]) -> metrics.Health:
     """What `/health` asks: the database answers, the listener accepts connections, the processing
     process runs, and every IMAP mailbox is connected (a poller that is still starting or backing
@@ -132,7 +132,7 @@ def health_checks(holder: ServicesHolder, smtp_serving: Callable[[], bool], proc
     health = metrics.Health()
     health.add("database", metrics.database_check(lambda: holder.current.sessions))
     health.add("smtp", lambda: None if smtp_serving() else "not accepting connections")
-    health.add("processing", lambda: None if processor.alive() else "processing process stopped")
+    health.add("processing", lambda: None if processor.alive() else "a processing process stopped")
     for thread in pollers:
         health.add(f"imap {thread.poller.address}", partial(_imap_problem, thread))
     return health

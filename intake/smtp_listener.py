@@ -16,7 +16,7 @@ from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session as SmtpSession
 
 from intake.logs import log_event
 from intake.pipeline import Services, accept
-from intake.processing_process import ProcessingProcess
+from intake.processing_process import ProcessingLanes
 from intake.processor import Accepted, Processor
 from intake.reload import ServicesHolder, holding
 from intake.smtp_session import IntakeSMTP, peer_of
@@ -34,7 +34,7 @@ TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
 
 class IntakeHandler:
     def __init__(self, services: ServicesHolder, executor: ThreadPoolExecutor,
-                 processor: Processor | ProcessingProcess) -> None:
+                 processor: Processor | ProcessingLanes) -> None:
         self.services = services
         self.executor = executor
         self.processor = processor
@@ -78,7 +78,7 @@ class _Controller(Controller):
 
 
 def start_listener(services: Services | ServicesHolder, executor: ThreadPoolExecutor,
-                   processor: Processor | ProcessingProcess, host: str, port: int) -> Controller:
+                   processor: Processor | ProcessingLanes, host: str, port: int) -> Controller:
     """Listen in a background thread; the size limit from config makes aiosmtpd answer 552 during DATA
     (bound at start: a reload does not change it)."""
     holder = holding(services)

@@ -188,7 +188,7 @@ def test_health_names_every_door_that_is_not_serving_and_the_imap_state_is_a_met
         assert code == 503 and body["status"] == "failing"
         assert body["checks"]["database"].startswith("unreachable: ")
         assert body["checks"]["smtp"] == "not accepting connections"
-        assert body["checks"]["processing"] == "processing process stopped"
+        assert body["checks"]["processing"] == "a processing process stopped"
         assert body["checks"]["imap good@example.com"] == "ok"
         assert body["checks"]["imap bad@example.com"] == "unreachable"
     finally:

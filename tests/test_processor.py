@@ -8,6 +8,7 @@ import smtplib
 import threading
 import time
 from collections.abc import Iterator
+from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from intake.service import build_services
 from intake.store import Envelope
 from models import InboundMail, InboundStatus, Ticket
 from tests.conftest import CaptureServer, RunningService, crlf, free_port, make_mail, write_config
-from tests.harness import Serve, send_until_stored
+from tests.harness import Database, Serve, send_until_stored, wait_until
 
 ENVELOPE = Envelope("smtp", "support@example.com", "ann@acme.example", ("support@example.com",))
 
@@ -102,6 +103,12 @@ def test_the_listener_answers_once_the_mail_is_stored_while_processing_is_still_
     assert _statuses(service.services) == [InboundStatus.PROCESSED]
 
 
+def _processing_children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]     # not the resource tracker
+
+
 def test_processing_runs_in_a_process_of_its_own_and_serve_ends_as_killed_when_it_dies(
         tmp_path: Path, db_url: str, capture: CaptureServer) -> None:
     port = free_port()
@@ -111,11 +118,38 @@ def test_processing_runs_in_a_process_of_its_own_and_serve_ends_as_killed_when_i
         assert send_until_stored(lambda: port, make_mail("[SEV-3] processed next door"), "ann@acme.example",
                                  timeout=20).codes[-1] == 250
         capture.wait_for(1, timeout=20)     # processed in the child, delivered by the door's outbox worker
-        [child] = [int(pid) for task in Path(f"/proc/{serve.pid}/task").iterdir()
-                   for pid in (task / "children").read_text().split()
-                   if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]   # not the resource tracker
-        os.kill(child, signal.SIGKILL)
+        children = _processing_children(serve.pid)
+        assert len(children) == (1 if db_url.startswith("sqlite") else 2)      # processing_processes = 0
+        os.kill(children[-1], signal.SIGKILL)
         assert serve.wait_exit(15) == -signal.SIGKILL
         assert "processing.died" in serve.output()
     finally:
+        serve.kill()
+
+
+def test_with_several_processing_processes_each_senders_mail_is_processed_in_the_order_it_came(
+        tmp_path: Path, db_url: str, capture: CaptureServer) -> None:
+    """Each customer sends a new case and, at once, a follow-up in its thread that carries no tag:
+    taken before the first, the follow-up would be rejected as untagged. A sender's mail keeps to
+    one processing process (its lane), so every follow-up lands on its case."""
+    port = free_port()
+    config = write_config(tmp_path, db_url, port, capture.port,
+                          replace={"processing_processes = 0": "processing_processes = 3"})
+    serve = Serve(config, port, tmp_path / "serve.log")
+    database = Database(db_url)
+    senders = [f"customer{n}@acme.example" for n in range(12)]
+    try:
+        assert len(_processing_children(serve.pid)) == 3
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+            for sender in senders:
+                first = make_msgid(domain="acme.example")
+                for raw in (make_mail("[SEV-3] Export fails", sender=sender, message_id=first),
+                            make_mail("Re: [SEV-3] Export fails", sender=sender, body="And the log.\n",
+                                      headers={"In-Reply-To": first, "References": first})):
+                    smtp.sendmail(sender, ["support@example.com"], crlf(raw))
+        wait_until(lambda: database.scalar("SELECT count(*) FROM inbound_mail WHERE status = 'received'") == 0,
+                   what="every mail processed")
+        assert database.outcomes() == {"processed/ticket": len(senders), "processed/reply": len(senders)}
+    finally:
+        database.close()
         serve.kill()
