@@ -198,8 +198,11 @@ def _dispatch(session: Session, services: Services, ctx: Context, inbound: Inbou
     thread = None if releasing else find_thread(session, mail, recipients, config.reply_domain, config.case_prefix)
     staff = None if screening.automatic else classify(session, config, mail, recipients, thread)
     if staff is not None:
+        _lock_case(session, staff.ticket)
         _staff(session, ctx, inbound, mail, staff)
         return staff.ticket
+    if thread is not None:
+        _lock_case(session, thread.ticket)
     if thread is not None and within_reopen_window(thread.ticket, ctx.now, config.reopen_window):
         _reply(session, ctx, inbound, mail, screening, thread)
         return thread.ticket
@@ -208,6 +211,15 @@ def _dispatch(session: Session, services: Services, ctx: Context, inbound: Inbou
         inbound.detail = "automatic mail opens no case and gets no answer"
         return None
     return _new_request(session, services, ctx, inbound, mail, screening, thread, releasing, released_severity)
+
+
+def _lock_case(session: Session, ticket: Ticket) -> None:
+    """One mail at a time changes a case: on PostgreSQL, where several processing processes (and
+    instances) write side by side, the case's row is locked and read again before this mail acts
+    on it. (FOR NO KEY UPDATE: rows that merely refer to the case, events and messages, still go
+    in.) On SQLite, BEGIN IMMEDIATE made this transaction the only writer already."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.refresh(ticket, with_for_update={"key_share": True})
 
 
 def _reply(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEmail, screening: Screening,

@@ -2,6 +2,8 @@
 participant), reopen it inside the window, and open a follow-up case after it."""
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -130,3 +132,26 @@ def test_an_outgoing_mail_enqueued_again_under_its_dedupe_key_is_dropped_with_it
                               .where(OutboxMail.dedupe_key == "test:once")) == 1
         assert list(session.scalars(select(Message.kind).order_by(Message.id))) == ["customer", "acknowledgment",
                                                                                     "acknowledgment"]
+
+
+def test_a_reply_acts_on_its_case_as_another_transaction_left_it(service: RunningService,
+                                                                 capture: CaptureServer, db_url: str) -> None:
+    """Several processing processes (or instances) on PostgreSQL: while one transaction closes a
+    case, a reply to it waits, then finds it closed (beyond the reopen window: a new case follows
+    it up) instead of reopening it from a read taken before the close."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite lets one transaction write at a time (BEGIN IMMEDIATE)")
+    ticket, ack = _open_case(service, capture)
+    engine = service.services.sessions.kw["bind"]
+    closed_at = utcnow() - timedelta(days=30)
+    reply = make_mail(subject="Re: it is back", headers={"In-Reply-To": ack["Message-ID"]})
+    with engine.connect() as other:
+        with other.begin():
+            other.execute(update(Ticket).values(status=TicketStatus.CLOSED, closed_at=closed_at, updated_at=closed_at))
+            sending = threading.Thread(target=service.send, args=(reply,))
+            sending.start()
+            time.sleep(1.0)     # the reply is stored and its processing reaches the case
+    sending.join(30)
+    tickets = service.cli_json("tickets", "list")
+    assert [t["status"] for t in tickets] == ["closed", "open"]
+    assert tickets[1]["previous"] == ticket["ref"]
