@@ -6,7 +6,7 @@ process standing in for the outbound relay:
 - full load: N mails from C concurrent clients, each sending as soon as its last mail was
   answered. Prints mails/s accepted (DATA -> 250), fully processed (case + rendered
   acknowledgment in the outbox) and delivered (every outbox row at the relay), the DATA->250
-  percentiles, and the server's CPU and peak RSS (its two processes);
+  percentiles, and the server's CPU and peak RSS (all its processes);
 - paced: mails offered on a fixed schedule (default 50/s) from enough clients that a slow
   answer does not hold back the next mail; prints the DATA->250 percentiles at that load, and
   how long after the last answer every mail was processed and delivered (whether the service
@@ -332,14 +332,14 @@ def wait_finished(engine: Engine, mails: int, sink: Sink, delivered_before: int,
 
 
 def service_pids(pid: int) -> list[int]:
-    """`intake serve` and its processing process (not multiprocessing's resource tracker)."""
+    """`intake serve` and its processing processes (not multiprocessing's resource tracker)."""
     children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
                 for child in (task / "children").read_text().split()]
     return [pid, *(child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes())]
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the service (both processes) used so far: less sensitive to a busy
+    """User + system CPU time the service (all its processes) used so far: less sensitive to a busy
     machine than rates."""
     total = 0
     for each in service_pids(pid):
@@ -350,7 +350,7 @@ def cpu_seconds(pid: int) -> float:
 
 def memory_mb(pid: int) -> dict[str, float]:
     """VmHWM (peak RSS) and VmRSS of the service in MiB, summed over its processes (so the peak is
-    an upper bound: the two processes need not peak at once)."""
+    an upper bound: the processes need not peak at once)."""
     values = {"VmHWM": 0.0, "VmRSS": 0.0}
     for each in service_pids(pid):
         for line in Path(f"/proc/{each}/status").read_text().splitlines():
@@ -496,8 +496,8 @@ def main() -> None:
           else "processed: did not finish")
     print(f"delivered: {len(mails) / delivered:8.1f} mails/s (every outbox row at the relay: acknowledgments, "
           f"staff and on-call notifications)" if delivered else f"delivered: {sink.count} mails reached the relay")
-    print(f"intake serve: {cpu / len(mails) * 1000:.1f} ms CPU per mail (receive, process, deliver, both processes; "
-          f"{len(mails) / cpu:.0f} mails per CPU-second); peak RSS {rss:.0f} MiB (the two processes' peaks added)")
+    print(f"intake serve: {cpu / len(mails) * 1000:.1f} ms CPU per mail (receive, process, deliver, all processes; "
+          f"{len(mails) / cpu:.0f} mails per CPU-second); peak RSS {rss:.0f} MiB (the processes' peaks added)")
     if paced is not None:
         paced_latencies, late = paced
         print(f"paced: {len(paced_latencies)} mails offered at {args.rate:g}/s from {args.paced_clients} clients: "

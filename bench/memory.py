@@ -8,7 +8,7 @@ Three parts:
    20 small mails (warm-up, as in `bench/ingest.py`), then one mail with one attachment of
    that size; once the mail is processed and its outbox rows delivered to a capture relay in
    this process, the server's VmHWM (peak RSS) and VmRSS (from /proc/PID/status) are read,
-   summed over its two processes (the door and the processing process).
+   summed over its processes (the door and the processing processes).
    Printed: the peak's growth over the warm-up peak, and that growth as a multiple of the
    message's size on the wire.
 2. **repeat**: one fresh server takes `--repeat` (20) mails of `--repeat-mb` (5) MB one after
