@@ -126,7 +126,7 @@ def return_large_blocks() -> None:
 
 def health_checks(holder: ServicesHolder, smtp_serving: Callable[[], bool], processor: ProcessingLanes,
                   pollers: list[PollerThread]) -> metrics.Health:
-    """What `/health` asks: the database answers, the listener accepts connections, the processing
+    """What `/health` asks: the database answers, the listener accepts connections, every processing
     process runs, and every IMAP mailbox is connected (a poller that is still starting or backing
     off after a failure is not serving its door)."""
     health = metrics.Health()

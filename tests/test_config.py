@@ -1,5 +1,6 @@
 """Config validation of [routing]: one test per kind of error, each asserting that the message
-names the file, the line, the rule and the field; all errors are reported at once."""
+names the file, the line, the rule and the field; all errors are reported at once. And
+[database] processing_processes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from intake.config import ConfigError, load_config
-from tests.conftest import run_cli
+from tests.conftest import run_cli, write_config
 from tests.test_routing_rules import ROUTING, rules_config_text
 
 HEAD = """
@@ -194,3 +195,22 @@ def test_every_error_is_reported_at_once_by_config_check_and_serve(tmp_path: Pat
         assert "[routing.rules.security-subject] match.subject: '(cve' is not a valid regular expression" in out
         assert "[routing.rules.security-subject] queue: 'sec' is not in [routing] queues" in out
         assert "[routing.rules.ceo] assignee: 'mallory@example.com' is not a [staff] member" in out
+
+
+@pytest.mark.parametrize(("url", "setting", "lanes"), [
+    ("sqlite:///intake.db", 0, 1), ("postgresql+psycopg://intake@/intake", 0, 2),
+    ("postgresql+psycopg://intake@/intake", 3, 3), ("sqlite:///intake.db", 2, 2)])
+def test_processing_processes_default_to_what_suits_the_database(tmp_path: Path, url: str, setting: int,
+                                                                 lanes: int) -> None:
+    config = load_config(write_config(tmp_path, url, 2525, 25,
+                                      replace={"processing_processes = 0": f"processing_processes = {setting}"}))
+    assert config.processing_lanes == lanes
+
+
+def test_processing_processes_out_of_range(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "sqlite:///intake.db", 2525, 25,
+                        replace={"processing_processes = 0": "processing_processes = 17"})
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert any("[database] processing_processes: 17: expected 0" in problem for problem in caught.value.problems), \
+        caught.value.problems
