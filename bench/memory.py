@@ -6,8 +6,8 @@ Three parts:
 1. **per size**: for each attachment size (default 1, 5, 10 and 20 MB; random, so incompressible,
    base64 on the wire: 1.37 times the size), a fresh `intake serve` on a fresh database takes
    20 small mails (warm-up, as in `bench/ingest.py`), then one mail with one attachment of
-   that size; once the mail is processed and its outbox rows delivered to a capture relay in
-   this process, the server's VmHWM (peak RSS) and VmRSS (from /proc/PID/status) are read,
+   that size; once the mail is processed and its outbox rows delivered to a capture relay (a
+   process of its own, `bench.ingest.Sink`), the server's VmHWM (peak RSS) and VmRSS (from /proc/PID/status) are read,
    summed over its processes (the door and the processing processes).
    Printed: the peak's growth over the warm-up peak, and that growth as a multiple of the
    message's size on the wire.
@@ -40,8 +40,6 @@ import time
 import tracemalloc
 from email.message import EmailMessage
 from pathlib import Path
-
-from aiosmtpd.controller import Controller
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -205,16 +203,15 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(float(s) * MB) for s in args.sizes.split(",")]
     sink = Sink()
-    relay = Controller(sink, hostname="127.0.0.1", port=free_port())
-    relay.start()
-    opts = Options(args.database, args.pg_url, Path(tempfile.mkdtemp(prefix="intake-memory-")), relay.port)
+    sink.start()
+    opts = Options(args.database, args.pg_url, Path(tempfile.mkdtemp(prefix="intake-memory-")), sink.port)
     load_before = os.getloadavg()
     names = [f"intake_bench_memory_{os.getpid()}_{size // MB}" for size in sizes] + [f"intake_bench_memory_{os.getpid()}_repeat"]
     try:
         results = per_size(opts, sink, sizes)
         repeated = repeat(opts, sink, args.repeat, int(args.repeat_mb * MB)) if args.repeat else None
     finally:
-        relay.stop()
+        sink.stop()
         if opts.database == "postgresql":
             _admin(opts, *(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)" for name in names))
     stages = where(max(sizes), opts.tmp) if args.where else None
