@@ -86,14 +86,23 @@ def accept(services: Services, raw: bytes, envelope: Envelope) -> Stored:
 
 def finish(services: Services, stored: Stored, envelope: Envelope, raw: bytes | None, started: float) -> Result:
     """Stages 2-6 on an accepted mail. A duplicate is processed too: a no-op unless an outage cut
-    the first processing short. A new mail whose bytes are at hand is parsed before its transaction
-    opens, so SQLite's write lock is not held while mail-parser runs."""
+    the first processing short. A new mail is parsed before its transaction opens, so SQLite's
+    write lock is not held while mail-parser runs; its bytes are read back from the store when
+    they are not at hand (`raw` None: a large mail, or a backlog past the processor's budget)."""
+    if not stored.duplicate and raw is None:
+        raw = _stored_raw(services, stored.inbound_id)
     parsed = None if stored.duplicate or raw is None else read_mail(services.config, raw, envelope.sender)
     result = process(services, stored.inbound_id, parsed=parsed)
     if stored.duplicate:
         result = Result(stored.inbound_id, None, "duplicate", duplicate=True)
     metrics.received(envelope.door, result.metric_outcome, time.monotonic() - started)
     return result
+
+
+def _stored_raw(services: Services, inbound_id: int) -> bytes | None:
+    """A stored mail's bytes, read outside any write transaction."""
+    with services.sessions() as session:
+        return session.scalar(select(InboundMail.raw).where(InboundMail.id == inbound_id))
 
 
 def read_mail(config: Config, raw: bytes, envelope_sender: str | None) -> ParsedEmail | UnparseableMail:

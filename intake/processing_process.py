@@ -40,6 +40,9 @@ log = logging.getLogger("intake.processor")
 
 STOP = None
 RELOAD = "reload"
+# A larger mail goes through the pipe as its id and is read back from the store: a copy of it
+# less in each process's peak memory, for one read of a row on disk (or in the page cache).
+PIPE_BYTES = 1024 * 1024
 
 
 class ProcessingProcess:
@@ -65,7 +68,9 @@ class ProcessingProcess:
     def submit(self, accepted: Accepted) -> None:
         with self._idle:
             self._pending += 1
-        raw = None if accepted.stored.duplicate else accepted.raw     # a duplicate is not parsed again
+        raw = accepted.raw
+        if accepted.stored.duplicate or len(raw or b"") > PIPE_BYTES:   # a duplicate is not parsed again
+            raw = None
         self._outgoing.put(("mail", accepted.stored.inbound_id, accepted.stored.duplicate, accepted.envelope,
                             raw, accepted.started))
 

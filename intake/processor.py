@@ -36,7 +36,7 @@ class Accepted:
     services: Services
     stored: Stored
     envelope: Envelope
-    raw: bytes | None   # parsed from memory before the processing transaction opens; None: read from the store
+    raw: bytes | None   # None: read back from the store; either way parsed before the transaction opens
     started: float      # time.monotonic() when the mail's DATA ended, for the latency metric
 
 
@@ -57,7 +57,7 @@ class Processor:
     def submit(self, accepted: Accepted) -> None:
         """Queue a stored mail. Its bytes stay with it while the queued bytes are under RAW_KEPT_BYTES:
         a burst beyond what processing keeps up with, or a few huge mails, cost no more memory; the
-        rest is read back from the store (and parsed inside the processing transaction)."""
+        rest is read back from the store when its turn comes."""
         size = len(accepted.raw or b"")
         with self._kept_lock:
             keep = self._kept + size <= RAW_KEPT_BYTES

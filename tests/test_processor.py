@@ -8,6 +8,7 @@ import smtplib
 import threading
 import time
 from collections.abc import Iterator
+from email import message_from_bytes, policy
 from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from sqlalchemy import select
 from intake import processor as processor_module
 from intake.config import load_config
 from intake.pipeline import Services, accept, resume_received
+from intake.processing_process import PIPE_BYTES
 from intake.processor import Accepted, Processor
 from intake.service import build_services
 from intake.store import Envelope
@@ -124,6 +126,24 @@ def test_processing_runs_in_a_process_of_its_own_and_serve_ends_as_killed_when_i
         assert serve.wait_exit(15) == -signal.SIGKILL
         assert "processing.died" in serve.output()
     finally:
+        serve.kill()
+
+
+def test_a_mail_too_large_for_the_pipe_is_read_back_from_the_store_and_processed(
+        tmp_path: Path, db_url: str, capture: CaptureServer) -> None:
+    port = free_port()
+    serve = Serve(write_config(tmp_path, db_url, port, capture.port), port, tmp_path / "serve.log")
+    database = Database(db_url)
+    payload = os.urandom(PIPE_BYTES)        # over the limit once base64-encoded
+    try:
+        msg = message_from_bytes(make_mail("[SEV-3] Core dump attached"), policy=policy.default)
+        msg.add_attachment(payload, maintype="application", subtype="octet-stream", filename="core.bin")
+        assert send_until_stored(lambda: port, msg.as_bytes(), "ann@acme.example", timeout=20).codes[-1] == 250
+        wait_until(lambda: database.outcomes() == {"processed/ticket": 1}, what="the mail processed")
+        [(name, size)] = database.rows("SELECT filename, size FROM attachments")
+        assert (name, size) == ("core.bin", len(payload))
+    finally:
+        database.close()
         serve.kill()
 
 
