@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -31,6 +31,7 @@ class Context:
     config: Config
     outbox: Outbox
     now: datetime
+    breaches: list[int] = field(default_factory=list)   # cases whose SLA breach this mail's processing noticed
 
     def local(self, when: datetime | None) -> datetime | None:
         return when.astimezone(ZoneInfo(self.config.timezone)) if when else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Callable
 
@@ -57,6 +57,7 @@ class Result:
     reason: str | None = None
     ticket_id: int | None = None
     duplicate: bool = False
+    sla_breaches: int = 0           # breach notices the processing enqueued (intake_sla_breaches)
 
     @property
     def metric_outcome(self) -> str:
@@ -125,14 +126,16 @@ def process(services: Services, inbound_id: int, *, releasing: bool = False,
                 inbound.outcome is Outcome.HELD if releasing else inbound.status is InboundStatus.RECEIVED)
             if not waiting:     # processed meanwhile (another instance, a retried release)
                 return _result(inbound_id, inbound)
-            ticket = _process(session, services, inbound, releasing, released_severity, parsed)
+            ctx = Context(services.config, services.outbox, services.clock())
+            ticket = _process(session, services, ctx, inbound, releasing, released_severity, parsed)
             if ticket is not None and inbound.outcome is not Outcome.TICKET:
                 # The mail may have moved its clocks: store their next times now. A case it opened
                 # went in with its times (intake/apply.py open_case).
                 reschedule(session, services.config, ticket, services.clock())
             inbound.status, inbound.processed_at = InboundStatus.PROCESSED, services.clock()
             crash_point("before_process_commit")
-        result = _result(inbound_id, inbound)
+        result = replace(_result(inbound_id, inbound), sla_breaches=len(ctx.breaches))
+        metrics.SLA_BREACHES.inc(result.sla_breaches)
     except OperationalError as exc:
         # The database is away, full or deadlocked: not the mail's fault, so no quarantine. The mail
         # stays `received`; the sender's retry (a duplicate) or resume_received finishes it.
@@ -177,12 +180,11 @@ def _quarantine(services: Services, inbound_id: int, exc: Exception) -> dict[str
         return {"message_id": inbound.message_id, "mailbox": inbound.mailbox, "door": inbound.door}
 
 
-def _process(session: Session, services: Services, inbound: InboundMail, releasing: bool,
+def _process(session: Session, services: Services, ctx: Context, inbound: InboundMail, releasing: bool,
              released_severity: int | None, parsed: ParsedEmail | UnparseableMail | None) -> Ticket | None:
     """Returns the case the mail was recorded on: held here, it stays in the session's identity map
     (which holds clean objects only weakly), so rescheduling it needs no second SELECT."""
     config = services.config
-    ctx = Context(config, services.outbox, services.clock())
     mail = parsed if parsed is not None else read_mail(config, inbound.raw, inbound.envelope_sender)
     if isinstance(mail, UnparseableMail):
         inbound.outcome, inbound.reason, inbound.detail = Outcome.REJECTED, mail.reason, str(mail)

@@ -4,8 +4,8 @@ One interpreter ran the door (event loop, store), processing and delivery, and w
 one core while the machine's other core idled (docs/performance.md). `intake serve` now starts
 this process; the door sends it each stored mail (id, envelope, bytes) through a pipe, and it runs
 stages 2-6 in arrival order on its own `Processor` thread, with the same retries and byte budget.
-For each mail it answers the door, outcome and start time, from which the door's process counts
-the metrics and wakes the outbox worker.
+For each mail it answers the door, outcome, SLA breach notices and start time, from which the
+door's process counts the metrics (only the door serves them) and wakes the outbox worker.
 
 On PostgreSQL, where transactions write side by side, `ProcessingLanes` runs several such
 processes (`[database] processing_processes`); each sender's mail goes to the same one, so one
@@ -32,6 +32,7 @@ from typing import Any
 from intake import metrics
 from intake.config import Config, config_from
 from intake.logs import log_event
+from intake.pipeline import Result
 from intake.processor import Accepted, Processor
 from intake.reload import ServicesHolder
 from intake.store import Stored
@@ -112,11 +113,12 @@ class ProcessingProcess:
     def _receive(self) -> None:
         while True:
             try:
-                door, outcome, started = self._conn.recv()
+                door, outcome, breaches, started = self._conn.recv()
             except (EOFError, OSError):
                 break
             if outcome is not None:     # None: not processed now (deferred to resume_received, or failed)
                 metrics.received(door, outcome, time.monotonic() - started)
+            metrics.SLA_BREACHES.inc(breaches)
             event = self._holder.current.mail_enqueued
             if event is not None:
                 event.set()
@@ -141,8 +143,7 @@ def _run(config_path: str, raw: dict[str, Any], conn: Connection) -> None:
     logging.getLogger("intake.reload").disabled = True     # the door logs each reload; this one follows it
     holder = ServicesHolder(build_services(config, warmed_outbox_for))
     results: queue.Queue[Any] = queue.Queue()
-    processor = Processor(done=lambda accepted, outcome: results.put((accepted.envelope.door, outcome,
-                                                                      accepted.started)))
+    processor = Processor(done=lambda accepted, result: results.put(_answer_of(accepted, result)))
     processor.start()
     answering = threading.Thread(target=_answer, args=(conn, results), name="processing-answer", daemon=True)
     answering.start()
@@ -161,6 +162,13 @@ def _run(config_path: str, raw: dict[str, Any], conn: Connection) -> None:
             continue
         _, inbound_id, duplicate, envelope, raw, started = item
         processor.submit(Accepted(holder.current, Stored(inbound_id, duplicate), envelope, raw, started))
+
+
+def _answer_of(accepted: Accepted, result: Result | None) -> tuple[str, str | None, int, float]:
+    """What the door counts of a mail: its door, outcome (None: not processed now), the SLA breach
+    notices it caused, and when its DATA ended. The metrics this process counts are not served."""
+    outcome, breaches = (result.metric_outcome, result.sla_breaches) if result else (None, 0)
+    return accepted.envelope.door, outcome, breaches, accepted.started
 
 
 def _answer(conn: Connection, results: queue.Queue[Any]) -> None:

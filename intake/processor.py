@@ -22,7 +22,7 @@ from typing import Callable
 from sqlalchemy.exc import OperationalError
 
 from intake.logs import log_event
-from intake.pipeline import Services, finish
+from intake.pipeline import Result, Services, finish
 from intake.store import Envelope, Stored
 
 log = logging.getLogger("intake.processor")
@@ -43,8 +43,8 @@ class Accepted:
 class Processor:
     """A queue of accepted mail and the thread that processes it."""
 
-    def __init__(self, done: Callable[[Accepted, str | None], None] | None = None) -> None:
-        self._done = done       # told of each mail taken: its outcome, or None when not processed now
+    def __init__(self, done: Callable[[Accepted, Result | None], None] | None = None) -> None:
+        self._done = done       # told of each mail taken: its result, or None when not processed now
         self._queue: queue.Queue[Accepted | None] = queue.Queue()
         self._kept = 0          # bytes of queued mail held in memory (RAW_KEPT_BYTES)
         self._kept_lock = threading.Lock()
@@ -102,15 +102,15 @@ class Processor:
                 self._queue.task_done()
 
     def _process(self, accepted: Accepted) -> None:
-        outcome = self._finish(accepted)
+        result = self._finish(accepted)
         if self._done is not None:
-            self._done(accepted, outcome)
+            self._done(accepted, result)
 
-    def _finish(self, accepted: Accepted) -> str | None:
+    def _finish(self, accepted: Accepted) -> Result | None:
         for delay in (*RETRY_SECONDS, None):
             try:
                 return finish(accepted.services, accepted.stored, accepted.envelope, accepted.raw,
-                              accepted.started).metric_outcome
+                              accepted.started)
             except OperationalError:    # logged by process() as mail.deferred; the mail stays `received`
                 if delay is None or self._stopping.wait(delay):
                     break

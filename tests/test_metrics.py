@@ -10,11 +10,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from sqlalchemy import update
 
 from intake import metrics
 from intake.config import load_config
@@ -23,6 +24,8 @@ from intake.imap_poller import ImapPoller, PollerThread
 from intake.processor import Processor
 from intake.reload import ServicesHolder
 from intake.service import build_services, health_checks
+from models import Ticket
+from models.db import make_engine
 from notifications.sweeps import Action
 from tests.conftest import EXTRA_CONFIG, CaptureServer, free_port, make_mail, run_cli, write_config
 from tests.harness import Serve, smtp_send
@@ -229,3 +232,35 @@ def test_sla_warnings_and_breaches_are_counted_from_what_the_sweeps_did() -> Non
                    Action("sla", 3, "sla_breach", due, ("bob@example.com",)),
                    Action("followups", 4, "followup", due, ("ann@acme.example",))])
     assert (sample("intake_sla_warnings_total"), sample("intake_sla_breaches_total")) == (before[0] + 1, before[1] + 2)
+
+
+@pytest.mark.integration
+def test_a_breach_that_processing_reveals_is_counted_where_the_metrics_are_served(
+        tmp_path: Path, db_url: str, capture: CaptureServer) -> None:
+    """Mail is processed in processes of their own, whose counters nobody scrapes: the breach notice
+    that processing enqueues (a case set pending, unanswered, after its deadline and before the
+    SLA sweep saw it) reaches intake_sla_breaches through the door's process."""
+    def to_alice() -> list[Any]:
+        return [m for m in capture.staff_mails if "alice@example.com" in m.recipients]
+
+    port, metrics_port = free_port(), free_port()
+    config = write_config(tmp_path, db_url, port, capture.port, replace={"port = 9464": f"port = {metrics_port}"})
+    serve = Serve(config, port, tmp_path / "serve.log")
+    engine = make_engine(db_url)
+    try:
+        assert smtp_send(port, make_mail("[SEV-2] Replication lag"), "ann@acme.example", ("support@example.com",)) == 250
+        eventually(lambda: bool(to_alice()))
+        notification = to_alice()[0].message
+        week_ago = datetime.now(timezone.utc) - timedelta(days=7)       # the deadline long past, unseen:
+        with engine.begin() as conn:                                    # the sweep runs a minute after start
+            conn.execute(update(Ticket).values(created_at=week_ago, first_response_due=week_ago))
+        before = value(scrape(metrics_port), "intake_sla_breaches_total")
+        token_address = notification["Reply-To"]
+        reply = make_mail(subject=f"Re: {notification['Subject']}", sender="Alice <alice@example.com>",
+                          to=token_address, body="#pending\n", headers={"In-Reply-To": notification["Message-ID"]})
+        assert smtp_send(port, reply, "alice@example.com", (token_address,)) == 250
+        eventually(lambda: any(m.message["Subject"].startswith("[SLA BREACH") for m in to_alice()))
+        eventually(lambda: value(scrape(metrics_port), "intake_sla_breaches_total") == before + 1)
+    finally:
+        engine.dispose()
+        serve.kill()
