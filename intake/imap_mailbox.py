@@ -117,7 +117,13 @@ class ImapClientMailbox:
             self._client.add_flags(list(uids), [SEEN], silent=True)
 
     def wait(self, seconds: float, stopping: threading.Event) -> bool:
-        """IDLE until the server announces mail (True), `seconds` pass or `stopping` is set."""
+        """IDLE until the server announces mail (True), `seconds` pass or `stopping` is set.
+
+        Mail that arrived while an earlier command ran (the last SEARCH, say) was announced in that
+        command's answer, which imaplib keeps aside, and IDLE does not announce it again: such an
+        announcement ends the wait at once (so does SELECT's count: one more search, no harm)."""
+        if self._client._imap.untagged_responses.pop("EXISTS", None):
+            return True
         deadline = time.monotonic() + seconds
         with self._io():
             self._client.idle()

@@ -19,6 +19,7 @@ from imapclient import SEEN
 from sqlalchemy import func, select
 
 from intake.config import ConfigError, load_config
+from intake.imap_mailbox import ImapClientMailbox
 from intake.imap_poller import Backoff, start_pollers
 from intake.service import build_services
 from models import InboundMail, OutboxMail, Outcome
@@ -337,3 +338,22 @@ def test_a_mailbox_without_its_password_is_retried_while_the_others_go_on(
     assert [r.levelno for r in refused].count(logging.WARNING) == 1       # one line per state change
     assert "INTAKE_TEST_SUPPORT_PASSWORD is not set" in refused[0].getMessage()
     assert caplog.text.count(f"state=connected mailbox={SUPPORT}") == 1
+
+
+@pytest.mark.integration
+def test_mail_announced_in_an_earlier_answer_ends_the_wait_at_once(
+        tmp_path: Path, db_url: str, capture: CaptureServer, dovecot: Dovecot) -> None:
+    """Mail that arrives while a command runs is announced (EXISTS) in that command's answer, and
+    IDLE does not announce it again: the poller must not wait through it (up to idle_seconds)."""
+    settings = load_config(imap_config(tmp_path, db_url, capture, dovecot)).mailboxes[0].imap
+    assert settings is not None
+    box = ImapClientMailbox(settings)
+    try:
+        box.wait(0.2, threading.Event())        # what the folder held when selected is known now
+        dovecot.append(make_mail())
+        assert box._client.search(["SEEN"]) == []       # its answer announces the mail, which it does not list
+        started = time.monotonic()
+        assert box.wait(5, threading.Event()) is True
+        assert time.monotonic() - started < 1
+    finally:
+        box.close()
