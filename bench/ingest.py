@@ -365,14 +365,14 @@ def service_pids(pid: int) -> list[int]:
     return [pid, *(child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes())]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the service (all its processes) used so far: less sensitive to a busy
-    machine than rates."""
-    total = 0
+def cpu_seconds(pid: int) -> list[float]:
+    """User + system CPU time each of the service's processes (the door first, then its processing
+    processes) used so far: less sensitive to a busy machine than rates."""
+    times = []
     for each in service_pids(pid):
         fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        times.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    return times
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -487,7 +487,8 @@ def main() -> None:
             latencies = send_all(port, mails, args.clients)
             accepted = time.perf_counter() - started
             processed, delivered = wait_finished(engine, len(mails), sink, delivered_before, started, outbox_before)
-            cpu = cpu_seconds(server.pid) - cpu_before
+            cpu_each = [after - before for after, before in zip(cpu_seconds(server.pid), cpu_before)]
+            cpu = sum(cpu_each)
             rss = memory_mb(server.pid)["VmHWM"]
             engine.dispose()
         paced: tuple[list[float], int] | None = None
@@ -522,7 +523,9 @@ def main() -> None:
           else "processed: did not finish")
     print(f"delivered: {len(mails) / delivered:8.1f} mails/s (every outbox row at the relay: acknowledgments, "
           f"staff and on-call notifications)" if delivered else f"delivered: {sink.count} mails reached the relay")
-    print(f"intake serve: {cpu / len(mails) * 1000:.1f} ms CPU per mail (receive, process, deliver, all processes; "
+    per_mail = [each / len(mails) * 1000 for each in cpu_each]
+    print(f"intake serve: {cpu / len(mails) * 1000:.1f} ms CPU per mail (receive, process, deliver; the door "
+          f"{per_mail[0]:.1f} ms, processing {' + '.join(f'{each:.1f}' for each in per_mail[1:])} ms; "
           f"{len(mails) / cpu:.0f} mails per CPU-second); peak RSS {rss:.0f} MiB (the processes' peaks added)")
     if paced is not None:
         paced_latencies, late = paced
