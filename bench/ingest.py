@@ -49,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -316,14 +316,26 @@ def warm_up(port: int, url: str, sink: Sink) -> None:
 def settle(port: int, url: str, sink: Sink, mails: list[bytes]) -> None:
     """Send `mails` from one client; return once they are processed and every mail they caused
     reached the relay."""
-    engine = create_engine(url)
-    outbox_before, delivered_before = last_outbox_id(engine), sink.count
-    send_all(port, mails, 1)
-    processed, delivered = wait_finished(engine, len(mails), sink, delivered_before, time.perf_counter(),
-                                         outbox_before)
-    engine.dispose()
+    with finishing(url, sink) as finished:
+        send_all(port, mails, 1)
+        processed, delivered = finished(len(mails), time.perf_counter())
     if processed is None or delivered is None:
         raise SystemExit(f"{len(mails)} mails not processed and delivered in time")
+
+
+Finished = Callable[[int, float], tuple[float | None, float | None]]
+
+
+@contextmanager
+def finishing(url: str, sink: Sink) -> Iterator[Finished]:
+    """Notes the last outbox row and the relay's count now, and yields `finished(mails, started)`:
+    wait_finished for the mails sent from here on."""
+    engine = create_engine(url)
+    outbox_before, delivered_before = last_outbox_id(engine), sink.count
+    try:
+        yield lambda mails, started: wait_finished(engine, mails, sink, delivered_before, started, outbox_before)
+    finally:
+        engine.dispose()
 
 
 def last_outbox_id(engine: Engine) -> int:
@@ -479,28 +491,21 @@ def main() -> None:
             existing = (f"{filled.cases:,} ({filled.size_bytes / 2**20:,.0f} MiB, filled in {filled.seconds:.0f} s)")
         load_before = os.getloadavg()
         url = fresh_database(opts, LOAD)
-        with serving(opts, url, sink) as (port, server):
-            engine = create_engine(url)
-            outbox_before, delivered_before = last_outbox_id(engine), sink.count
+        with serving(opts, url, sink) as (port, server), finishing(url, sink) as finished:
             cpu_before = cpu_seconds(server.pid)
             started = time.perf_counter()
             latencies = send_all(port, mails, args.clients)
             accepted = time.perf_counter() - started
-            processed, delivered = wait_finished(engine, len(mails), sink, delivered_before, started, outbox_before)
+            processed, delivered = finished(len(mails), started)
             cpu_each = [after - before for after, before in zip(cpu_seconds(server.pid), cpu_before)]
             cpu = sum(cpu_each)
             rss = memory_mb(server.pid)["VmHWM"]
-            engine.dispose()
         paced: tuple[list[float], int] | None = None
         if args.rate > 0:
             url = fresh_database(opts, PACED)
-            with serving(opts, url, sink) as (port, _):
-                engine = create_engine(url)
-                outbox_before, delivered_before = last_outbox_id(engine), sink.count
+            with serving(opts, url, sink) as (port, _), finishing(url, sink) as finished:
                 paced = send_paced(port, corpus(args.paced_mails, seed=11), args.rate, args.paced_clients)
-                lags = wait_finished(engine, args.paced_mails, sink, delivered_before, time.perf_counter(),
-                                     outbox_before)
-                engine.dispose()
+                lags = finished(args.paced_mails, time.perf_counter())
     finally:
         sink.stop()
         if opts.database == "postgresql":

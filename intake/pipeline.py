@@ -214,9 +214,9 @@ def _dispatch(session: Session, services: Services, ctx: Context, inbound: Inbou
         return staff.ticket
     if thread is not None:
         _lock_case(session, thread.ticket)
-    if thread is not None and within_reopen_window(thread.ticket, ctx.now, config.reopen_window):
-        _reply(session, ctx, inbound, mail, screening, thread)
-        return thread.ticket
+        if within_reopen_window(thread.ticket, ctx.now, config.reopen_window):
+            _reply(session, ctx, inbound, mail, screening, thread)
+            return thread.ticket
     if screening.automatic:
         inbound.outcome, inbound.reason = Outcome.REJECTED, screening.reason
         inbound.detail = "automatic mail opens no case and gets no answer"

@@ -41,13 +41,14 @@ log = logging.getLogger("intake.processor")
 
 STOP = None
 RELOAD = "reload"
-# A larger mail goes through the pipe as its id and is read back from the store: a copy of it
-# less in each process's peak memory, for one read of a row on disk (or in the page cache).
+# A larger mail goes through the pipe as its id and is read back from the store: no process holds
+# a pickled copy of it on its way, and each keeps one copy less afterwards (the peaks, in receiving
+# and parsing, stay as they were: docs/performance.md).
 PIPE_BYTES = 1024 * 1024
 
 
 class ProcessingProcess:
-    """The door's side: what `Processor` offers, with the processing in a child process."""
+    """The door's side of one processing process: mail and reloads go to it, outcomes come back."""
 
     def __init__(self, holder: ServicesHolder) -> None:
         self._holder = holder
@@ -57,8 +58,6 @@ class ProcessingProcess:
         self._process = context.Process(target=_run, args=(str(config.path), dict(config.raw), child_conn),
                                         name="intake-processing", daemon=True)
         self._outgoing: queue.Queue[Any] = queue.Queue()   # the event loop never waits for the pipe
-        self._pending = 0
-        self._idle = threading.Condition()
         self._stopping = False
 
     def start(self) -> None:
@@ -67,8 +66,6 @@ class ProcessingProcess:
         threading.Thread(target=self._receive, name="processing-results", daemon=True).start()
 
     def submit(self, accepted: Accepted) -> None:
-        with self._idle:
-            self._pending += 1
         raw = accepted.raw
         if accepted.stored.duplicate or len(raw or b"") > PIPE_BYTES:   # a duplicate is not parsed again
             raw = None
@@ -81,17 +78,6 @@ class ProcessingProcess:
 
     def alive(self) -> bool:
         return self._process.is_alive()
-
-    def wait_idle(self, timeout: float = 30) -> bool:
-        """Whether every submitted mail was processed within `timeout` seconds."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout)
-
-    def stop(self, timeout: float = 10) -> None:
-        """The child processes what is queued for up to `timeout` seconds, then finishes the mail in
-        hand and stops; what is still queued stays `received` for the next start."""
-        self.ask_to_stop()
-        self.join(timeout)
 
     def ask_to_stop(self) -> None:
         self._stopping = True
@@ -122,9 +108,6 @@ class ProcessingProcess:
             event = self._holder.current.mail_enqueued
             if event is not None:
                 event.set()
-            with self._idle:
-                self._pending -= 1
-                self._idle.notify_all()
         if not self._stopping:      # died: end as killed, so that the supervisor starts the service again
             log_event(log, "processing.died", logging.ERROR, exitcode=self._process.exitcode)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -200,12 +183,9 @@ class ProcessingLanes:
     def alive(self) -> bool:
         return all(lane.alive() for lane in self._lanes)
 
-    def wait_idle(self, timeout: float = 30) -> bool:
-        deadline = time.monotonic() + timeout
-        return all(lane.wait_idle(max(0.0, deadline - time.monotonic())) for lane in self._lanes)
-
     def stop(self, timeout: float = 10) -> None:
-        """As ProcessingProcess.stop, the lanes stopping side by side."""
+        """Each child processes what is queued for up to `timeout` seconds, then finishes the mail in
+        hand and stops; what is still queued stays `received` for the next start."""
         for lane in self._lanes:
             lane.ask_to_stop()
         for lane in self._lanes:

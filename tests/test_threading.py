@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from intake.apply import Context, add_message, ticket_context
 from intake.parse import UnparseableMail
@@ -150,7 +150,12 @@ def test_a_reply_acts_on_its_case_as_another_transaction_left_it(service: Runnin
             other.execute(update(Ticket).values(status=TicketStatus.CLOSED, closed_at=closed_at, updated_at=closed_at))
             sending = threading.Thread(target=service.send, args=(reply,))
             sending.start()
-            time.sleep(1.0)     # the reply is stored and its processing reaches the case
+            waiting_for_a_lock = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            deadline = time.monotonic() + 10
+            with engine.connect() as look:      # the reply is stored and its processing waits for the case
+                while not look.scalar(waiting_for_a_lock) and time.monotonic() < deadline:
+                    look.rollback()
+                    time.sleep(0.02)
     sending.join(30)
     tickets = service.cli_json("tickets", "list")
     assert [t["status"] for t in tickets] == ["closed", "open"]
