@@ -389,13 +389,16 @@ def cpu_seconds(pid: int) -> list[float]:
 
 def memory_mb(pid: int) -> dict[str, float]:
     """VmHWM (peak RSS) and VmRSS of the service in MiB, summed over its processes (so the peak is
-    an upper bound: the processes need not peak at once)."""
-    values = {"VmHWM": 0.0, "VmRSS": 0.0}
+    an upper bound: the processes need not peak at once); "door" and "processing": the VmHWM of
+    the door and of its processing processes (summed)."""
+    values = {"VmHWM": 0.0, "VmRSS": 0.0, "door": 0.0, "processing": 0.0}
     for each in service_pids(pid):
         for line in Path(f"/proc/{each}/status").read_text().splitlines():
             key, _, rest = line.partition(":")
             if key in values:
                 values[key] += int(rest.split()[0]) / 1024
+            if key == "VmHWM":
+                values["door" if each == pid else "processing"] += int(rest.split()[0]) / 1024
     return values
 
 

@@ -10,7 +10,7 @@ Three parts:
    process of its own, `bench.ingest.Sink`), the server's VmHWM (peak RSS) and VmRSS (from /proc/PID/status) are read,
    summed over its processes (the door and the processing processes).
    Printed: the peak's growth over the warm-up peak, and that growth as a multiple of the
-   message's size on the wire.
+   message's size on the wire, in all and in the door and the processing processes apart.
 2. **repeat**: one fresh server takes `--repeat` (20) mails of `--repeat-mb` (5) MB one after
    the other; VmHWM after the 1st, 2nd, 5th, 10th and last mail and VmRSS at the end show
    whether memory accumulates across mails.
@@ -223,11 +223,12 @@ def main() -> None:
           f"{MAX_ATTACHMENT_BYTES} (raised for the benchmark); {WARM_UP_MAILS} small mails first on each server")
     print("per size (fresh server each): peak RSS (VmHWM) after warm-up -> after the mail processed and delivered")
     print(f"  {'attachment':>10} {'on the wire':>12} {'VmHWM before':>13} {'VmHWM after':>12} {'growth':>9} "
-          f"{'growth / wire':>14} {'VmRSS after':>12}")
+          f"{'growth / wire':>14} {'VmRSS after':>12}   peak growth: door, processing")
     for size, wire, before, after in results:
         growth = after["VmHWM"] - before["VmHWM"]
         print(f"  {size / MB:8g} MB {wire / 2**20:8.1f} MiB {before['VmHWM']:9.0f} MiB {after['VmHWM']:8.0f} MiB "
-              f"{growth:5.0f} MiB {growth * 2**20 / wire:13.1f}x {after['VmRSS']:8.0f} MiB")
+              f"{growth:5.0f} MiB {growth * 2**20 / wire:13.1f}x {after['VmRSS']:8.0f} MiB   "
+              + ", ".join(f"{(after[p] - before[p]) * 2**20 / wire:.1f}x" for p in ("door", "processing")))
     if repeated:
         wire, before, seen = repeated
         print(f"repeat: {args.repeat} mails with a {args.repeat_mb:g} MB attachment ({wire / 2**20:.1f} MiB on the wire) "

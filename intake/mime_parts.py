@@ -17,6 +17,7 @@ from email.message import Message
 
 from intake.header_text import FOLD, decode_bytes, decode_words, message_ids
 from intake.html_text import html_to_text
+from intake.large_parts import Skeleton
 
 _MAX_DEPTH = 64
 _MSGID_LINE = re.compile(r"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
@@ -54,7 +55,7 @@ class Walk:
             str(message.get_param("report-type", "")).lower() == "delivery-status"
         )
         self.dsn_original_id: str | None = None
-        for part in _leaves(message, defects):
+        for part in leaves(message, defects):
             self._take(part)
 
     def _take(self, part: Message) -> None:
@@ -77,7 +78,7 @@ class Walk:
         return "\n\n".join(html_to_text(html) for html in self.html if html.strip())
 
 
-def _leaves(message: Message, defects: list[str]) -> Iterator[Message]:
+def leaves(message: Message, defects: list[str]) -> Iterator[Message]:
     """Non-multipart parts in order; message/* parts are leaves (never read as our body)."""
     stack: list[tuple[Message, int]] = [(message, 0)]
     while stack:
@@ -132,13 +133,16 @@ def _original_message_id(part: Message) -> str | None:
     return ids[0] if ids else None
 
 
-def attachments_of(parts: list[Message], max_bytes: int, max_count: int, defects: list[str]) -> tuple[Attachment, ...]:
+def attachments_of(parts: list[Message], max_bytes: int, max_count: int, defects: list[str],
+                   cut: Skeleton | None = None) -> tuple[Attachment, ...]:
+    """The files of a mail, decoded (a body cut out of the tree from the raw bytes), within the limits."""
     kept: list[Attachment] = []
     for part in parts:
         ctype = part.get_content_type()
         ctype = ctype if _CONTENT_TYPE.fullmatch(ctype) else "application/octet-stream"
         name = sanitize_filename(decode_words(part.get_filename() or ""), ctype)
-        payload = _part_bytes(part)
+        payload = cut.body_of(part) if cut is not None else None
+        payload = _part_bytes(part) if payload is None else payload
         if len(payload) > max_bytes:
             defects.append(f"AttachmentTooLarge:{name}")
         elif len(kept) >= max_count:

@@ -57,7 +57,8 @@ from mailparser.utils import get_addresses
 from intake.header_text import FOLD, decode_words, message_ids, undo_surrogates
 from intake.html_text import visible_text
 from intake.logs import log_event
-from intake.mime_parts import Attachment, Walk, attachments_of, sanitize_filename, subparts
+from intake.large_parts import Skeleton, declared_boundaries, delimiter_lines, skeleton
+from intake.mime_parts import Attachment, Walk, attachments_of, leaves, sanitize_filename, subparts
 
 __all__ = [
     "Address", "Attachment", "Limits", "MailTooComplex", "MailTooLarge", "ParsedEmail", "UnparseableMail", "parse_mail",
@@ -73,8 +74,6 @@ _PARSE_BLOCK = 64 * 1024
 _MAX_ENCODED_WORDS = 2000
 _MAX_HEADER_BYTES = 128 * 1024
 _FIELD_START = re.compile(rb"^[^ \t\r\n]", re.M)   # a header line that is no continuation
-_BOUNDARY_PARAM = re.compile(rb'boundary[ \t]*=[ \t]*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.I)
-_DASH_LINE = re.compile(rb"^--([^\r\n]*)", re.M)
 _MAX_ADDRESS_FIELD = 64 * 1024  # about 2,000 addresses; the parser costs ~5 us per character
 
 
@@ -189,10 +188,10 @@ def _header_end(raw: bytes) -> int:
 def _count_parts(raw: bytes, stop: int) -> int:
     """Delimiter lines (`--boundary`) of every boundary the mail declares: what a parser would
     split into parts, counted without parsing (up to `stop`)."""
-    boundaries = {m.group(1) or m.group(2) for m in _BOUNDARY_PARAM.finditer(raw)}
+    boundaries = declared_boundaries(raw)
     count = 0
-    for line in _DASH_LINE.finditer(raw) if boundaries else ():
-        count += line.group(1).rstrip(b" \t") in boundaries
+    for line in delimiter_lines(raw, boundaries):
+        count += line.group(1).rstrip(b" \t") in boundaries    # not the closing ones
         if count >= stop:
             break
     return count
@@ -210,7 +209,8 @@ def _mime_depth(message: Message) -> int:
 
 def _build(raw: bytes, envelope_sender: str | None, max_bytes: int, max_count: int,
            limits: Limits = Limits()) -> ParsedEmail:
-    message, parsed, defects = _parse_tree(raw)
+    tree = _parse_tree(raw)
+    message, parsed, defects = tree.message, tree.parsed, tree.defects
     if limits.max_mime_depth is not None:   # past the parser's recursion limit the tree is headers only
         depth = None if "NestingTooDeep" in defects else _mime_depth(message)
         if depth is None or depth > limits.max_mime_depth:
@@ -223,7 +223,7 @@ def _build(raw: bytes, envelope_sender: str | None, max_bytes: int, max_count: i
     )
     sender = _sender(raw_headers, _parsed_pairs(parsed, "from"), envelope_sender, defects)
     walk = Walk(message, defects)
-    attachments = attachments_of(walk.files, max_bytes, max_count, defects)
+    attachments = attachments_of(walk.files, max_bytes, max_count, defects, tree.cut)
     return ParsedEmail(
         message_id=next(iter(message_ids(headers.get("message-id", ())[:1])), None),
         in_reply_to=message_ids(headers.get("in-reply-to", ())),
@@ -245,24 +245,41 @@ def _build(raw: bytes, envelope_sender: str | None, max_bytes: int, max_count: i
     )
 
 
-def _parse_tree(raw: bytes) -> tuple[Message, MailParser | None, list[str]]:
-    """The MIME tree, mail-parser's view if it ran, and the defects found; raw parsed at most twice."""
+@dataclass(frozen=True)
+class _Tree:
+    message: Message
+    parsed: MailParser | None       # mail-parser's view, if it ran
+    defects: list[str]
+    cut: Skeleton | None = None     # the skeleton the tree was built from, if large bodies were cut out
+
+
+def _parse_tree(raw: bytes) -> _Tree:
+    """The MIME tree, from the skeleton where large bodies could be cut out, else from the whole
+    mail; the raw bytes are parsed at most twice (three times for a skeleton that did not hold)."""
     if costly := _costly_for_mailparser(raw):
         return _stdlib_tree(raw, costly)
+    cut = skeleton(raw)
+    if cut is not None:
+        try:
+            parsed = MailParser(_message_tree(cut.mail))
+        except Exception:   # RecursionError too: the whole mail is parsed below, with its fallbacks
+            parsed = None
+        if parsed is not None and cut.holds(leaves(parsed.message, []), (a["payload"] for a in parsed.attachments)):
+            return _Tree(parsed.message, parsed, sorted(parsed.defects_categories), cut)
     try:
         parsed = MailParser(_message_tree(raw))
     except RecursionError:  # the stdlib parser and mail-parser's walk recurse once per multipart level
-        return BytesParser().parsebytes(raw, headersonly=True), None, ["NestingTooDeep"]
+        return _Tree(BytesParser().parsebytes(raw, headersonly=True), None, ["NestingTooDeep"])
     except Exception as exc:  # mail-parser is tolerant by design; anything it cannot take falls back
         return _stdlib_tree(raw, f"MailParserError:{type(exc).__name__}")
-    return parsed.message, parsed, sorted(parsed.defects_categories)
+    return _Tree(parsed.message, parsed, sorted(parsed.defects_categories))
 
 
-def _stdlib_tree(raw: bytes, reason: str) -> tuple[Message, None, list[str]]:
+def _stdlib_tree(raw: bytes, reason: str) -> _Tree:
     try:
-        return _message_tree(raw), None, [reason]
+        return _Tree(_message_tree(raw), None, [reason])
     except RecursionError:
-        return BytesParser().parsebytes(raw, headersonly=True), None, [reason, "NestingTooDeep"]
+        return _Tree(BytesParser().parsebytes(raw, headersonly=True), None, [reason, "NestingTooDeep"])
 
 
 def _message_tree(raw: bytes) -> Message:
