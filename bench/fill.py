@@ -7,7 +7,7 @@ also runs alone:
 
 Each case gets the rows one new case writes (intake/apply.py, intake/store.py,
 notifications/outbox.py, intake/staff.py): its inbound mail row (processed, outcome `ticket`,
-small raw bytes with a distinct Message-ID and SHA-256), the ticket, the requester as a
+a distinct Message-ID and SHA-256) and its small raw bytes, the ticket, the requester as a
 participant, the customer message and the acknowledgment's copy, the `created` and `routed`
 events, the acknowledgment and staff notification outbox rows (plus the on-call notice for
 SEV-1), sent, and the staff member's reply token; cases that left `open` also get a
@@ -69,9 +69,10 @@ COLUMNS = {
                 "organization", "tier", "mailbox", "reply_token", "created_at", "updated_at", "first_response_due",
                 "first_response_at", "resolved_at", "closed_at", "previous_ticket_id", "notify", "sla_warn_at",
                 "sla_warned_at", "sla_breached_at", "next_followup_at", "followup_attempts", "next_sev1_reminder_at"),
-    "inbound_mail": ("id", "received_at", "door", "mailbox", "envelope_sender", "envelope_recipients", "raw",
+    "inbound_mail": ("id", "received_at", "door", "mailbox", "envelope_sender", "envelope_recipients",
                      "sha256", "message_id", "status", "outcome", "reason", "sender", "subject", "ticket_id",
                      "processed_at", "auto_answer"),
+    "inbound_raw": ("inbound_id", "raw"),
     "participants": ("id", "ticket_id", "address", "name", "role"),
     "messages": ("id", "ticket_id", "inbound_id", "direction", "author", "kind", "subject", "body_text",
                  "message_id", "created_at"),
@@ -152,8 +153,9 @@ def generate(n: int, now: datetime, stamp: Callable[[datetime], str], seed: int 
                f"Date: {created:%d %b %Y %H:%M:%S} +0000\r\n\r\nThe service answers slowly since the upgrade.\r\n"
                ).encode()
         rows.tables["inbound_mail"].append((
-            i, s(received), "smtp", SUPPORT, requester, '["support@example.com"]', raw, hashlib.sha256(raw).hexdigest(),
+            i, s(received), "smtp", SUPPORT, requester, '["support@example.com"]', hashlib.sha256(raw).hexdigest(),
             message_id, "processed", "ticket", rule, requester, subject, i, s(created), True))
+        rows.tables["inbound_raw"].append((i, raw))
         rows.tables["participants"].append((i, i, requester, name, "requester"))
         ack_id = f"{rng.getrandbits(128):032x}.{i + 1_700_000_000}@example.com"
         ack_subject = f"[CASE-{i}] {subject}"
@@ -310,7 +312,7 @@ def _fill_postgresql(url: str, n: int, now: datetime, seed: int) -> tuple[int, i
                         for row in rows:
                             copy.write_row(row)
                     total += len(rows)
-            for table in COLUMNS:
+            for table in (table for table, columns in COLUMNS.items() if "id" in columns):
                 cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                             f"(SELECT coalesce(max(id), 0) + 1 FROM {table}), false)")
         conn.commit()

@@ -31,7 +31,7 @@ from intake.staff import StaffMail, apply_staff_mail, classify, notify_staff, re
 from intake.store import Envelope, Stored, header_message_id, store
 from intake.sweep_mail import breach_left_unnoticed
 from intake.timetable import reschedule
-from models import InboundMail, InboundStatus, Message, Outcome, Ticket, utcnow
+from models import InboundMail, InboundStatus, Message, Outcome, Ticket, blobs, utcnow
 from models.db import first_in_line, unit_of_work
 from notifications.outbox import Outbox
 from routing.policy import Organization
@@ -104,7 +104,7 @@ def finish(services: Services, stored: Stored, envelope: Envelope, raw: bytes | 
 def _stored_raw(services: Services, inbound_id: int) -> bytes | None:
     """A stored mail's bytes, read outside any write transaction."""
     with services.sessions() as session:
-        return session.scalar(select(InboundMail.raw).where(InboundMail.id == inbound_id))
+        return blobs.stored_raw(session, inbound_id)
 
 
 def read_mail(config: Config, raw: bytes, envelope_sender: str | None) -> ParsedEmail | UnparseableMail:
@@ -186,7 +186,8 @@ def _process(session: Session, services: Services, ctx: Context, inbound: Inboun
     """Returns the case the mail was recorded on: held here, it stays in the session's identity map
     (which holds clean objects only weakly), so rescheduling it needs no second SELECT."""
     config = services.config
-    mail = parsed if parsed is not None else read_mail(config, inbound.raw, inbound.envelope_sender)
+    mail = parsed if parsed is not None else read_mail(config, blobs.stored_raw(session, inbound.id) or b"",
+                                                       inbound.envelope_sender)
     if isinstance(mail, UnparseableMail):
         inbound.outcome, inbound.reason, inbound.detail = Outcome.REJECTED, mail.reason, str(mail)
         return None

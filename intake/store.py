@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from intake.crashpoints import crash_point
 from intake.header_text import MAX_MESSAGE_ID
-from models import InboundMail
+from models import InboundMail, InboundRaw, blobs
 from models.db import unit_of_work
 
 
@@ -90,22 +90,27 @@ def header_message_id(raw: bytes) -> str | None:
 def store(sessions: sessionmaker[Session], raw: bytes, envelope: Envelope, now: datetime) -> Stored:
     """Commit the raw mail unless it is already here (same Message-ID, same bytes or same IMAP message).
 
-    The unique constraints on exactly those keys detect a duplicate, so a new mail costs one
-    INSERT (a plain one: the row is not used as an object here) and its commit; only a refused
-    INSERT looks the stored one up."""
+    The unique constraints on exactly those keys detect a duplicate, so a new mail costs two
+    INSERTs (plain ones: the rows are not used as objects here; the bytes go to a table of their
+    own, written in pieces, models/blobs.py) and their commit; only a refused INSERT looks the
+    stored one up."""
     digest = hashlib.sha256(raw).hexdigest()
     message_id = header_message_id(raw)
     values = dict(received_at=now, door=envelope.door, mailbox=envelope.mailbox, envelope_sender=envelope.sender,
-                  envelope_recipients=list(envelope.recipients), raw=raw, sha256=digest, message_id=message_id,
+                  envelope_recipients=list(envelope.recipients), sha256=digest, message_id=message_id,
                   auto_answer=envelope.auto_answer)
     if envelope.imap is not None:
         values.update(imap_folder=envelope.imap.folder, imap_uidvalidity=envelope.imap.uidvalidity,
                       imap_uid=envelope.imap.uid)
     try:
         with unit_of_work(sessions) as session:
-            inserted = session.connection().execute(insert(InboundMail.__table__), values)
+            connection = session.connection()
+            inbound_id = connection.execute(insert(InboundMail.__table__), values).inserted_primary_key[0]
+            connection.execute(insert(InboundRaw.__table__).values(raw=blobs.insertable(connection, raw)),
+                               {"inbound_id": inbound_id})
+            blobs.write(connection, InboundRaw.__tablename__, "raw", inbound_id, raw)
             crash_point("before_commit")
-        return Stored(inserted.inserted_primary_key[0], duplicate=False)
+        return Stored(inbound_id, duplicate=False)
     except IntegrityError:      # stored before, or a moment ago by another session or instance
         found = _find_existing(sessions, digest, message_id, envelope)
         if found is None:

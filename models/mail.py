@@ -33,8 +33,6 @@ class InboundMail(Base):
     mailbox: Mapped[str] = mapped_column(String(320))
     envelope_sender: Mapped[str | None] = mapped_column(String(320))
     envelope_recipients: Mapped[list[str]]
-    # Loaded only when read: processing parses the listener's copy, and lists never need the bytes.
-    raw: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     message_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     status: Mapped[InboundStatus] = mapped_column(enum_column(InboundStatus), default=InboundStatus.RECEIVED)
@@ -53,6 +51,17 @@ class InboundMail(Base):
 
     __table_args__ = (Index("ix_inbound_mail_status_outcome", "status", "outcome"),
                       UniqueConstraint("mailbox", "imap_folder", "imap_uidvalidity", "imap_uid"))
+
+
+class InboundRaw(Base):
+    """A received mail's bytes, in a table of their own: on SQLite an UPDATE rewrites the whole
+    row, and processing updates every inbound mail (its status, outcome, case) at least once, so
+    beside those columns the bytes were read and written whole again (twice a mail's size in
+    memory for a large one). Written and read in pieces: models/blobs.py."""
+    __tablename__ = "inbound_raw"
+
+    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound_mail.id"), primary_key=True, autoincrement=False)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class ImapFetchFailure(Base):

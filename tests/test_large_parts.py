@@ -12,10 +12,14 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from sqlalchemy import select
+
 import intake.parse as parse_module
 from intake.large_parts import skeleton
 from intake.parse import ParsedEmail, UnparseableMail, parse_mail
-from tests.test_fuzz import mutated_corpus_mail, weird_mail
+from intake.pipeline import ingest
+from models import Attachment, blobs
+from tests.test_fuzz import ENVELOPE, mutated_corpus_mail, services, weird_mail  # noqa: F401 (services: a fixture)
 from tests.test_parse import CORPUS_EML, MAILS, STDLIB_MSGS
 
 EXAMPLES = int(os.environ.get("INTAKE_FUZZ_EXAMPLES", "300"))
@@ -128,3 +132,18 @@ def tree(draw: st.DrawFn, depth: int = 0) -> bytes:
 def test_any_mail_parses_the_same_with_every_body_cut(raw: bytes) -> None:
     with pytest.MonkeyPatch.context() as monkeypatch:
         assert parsed(raw, monkeypatch, cut_from=1) == parsed(raw, monkeypatch, cut_from=None)
+
+
+@pytest.mark.integration
+def test_a_large_mail_and_its_attachment_are_stored_and_read_back_byte_for_byte(services) -> None:  # type: ignore[no-untyped-def]
+    """Over models/blobs.py's LARGE, SQLite writes and reads the values in pieces; both databases
+    keep exactly the bytes (a piece boundary lost or doubled would show)."""
+    size = blobs.PIECE * 2 + 12_345            # the attachment and the mail span several pieces
+    raw = attachment_mail(size=size).replace(b"\n", b"\r\n")
+    result = ingest(services, raw, ENVELOPE)
+    assert result.outcome == "ticket"
+    with services.sessions() as session:
+        assert blobs.stored_raw(session, result.inbound_id) == raw
+        stored = session.scalars(select(Attachment)).one()
+        assert stored.size == size and stored.data == random.Random(size).randbytes(size)
+        assert blobs.stored_raw(session, result.inbound_id + 1) is None

@@ -49,3 +49,26 @@ def test_downgrade_to_empty_and_up_again(tmp_path) -> None:  # type: ignore[no-u
         assert drift(engine) == []
     finally:
         engine.dispose()
+
+
+def test_the_bytes_of_mail_stored_before_they_had_a_table_of_their_own_move_there_and_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from alembic import command
+
+    from models.migrate import alembic_config
+    url = f"sqlite:///{tmp_path / 'moved.db'}"
+    config = alembic_config(url)
+    command.upgrade(config, "cb7135e50c49")
+    engine = make_engine(url)
+    raw = b"Subject: [SEV-3] kept\r\n\r\n" + bytes(range(256)) * 2000
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO inbound_mail (id, received_at, door, mailbox, envelope_recipients, raw, sha256, status, "
+            "auto_answer) VALUES (7, '2026-12-01 10:00:00', 'smtp', 'support@example.com', '[]', ?, 'x', 'processed', 1)",
+            (raw,))
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT inbound_id, raw FROM inbound_raw").fetchall() == [(7, raw)]
+    command.downgrade(config, "cb7135e50c49")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT id, raw FROM inbound_mail").fetchall() == [(7, raw)]
+    engine.dispose()
