@@ -4,7 +4,8 @@ The stdlib parser keeps every part's body as text: for a 20 MB attachment the li
 then their join, then mail-parser's own copy (~2.7x the mail's size at the peak, on top of the raw
 bytes). Here every large body that is plain base64 is replaced, in a copy of the mail (the
 skeleton), by a marker of 32 base64 characters; the tree is built from the skeleton and each cut
-body is decoded straight from the raw bytes when its attachment is taken (its decoded size, once).
+body is decoded straight from the raw bytes when its attachment is stored, in pieces on SQLite
+(``Base64Body``; models/blobs.py).
 
 A cut cannot change what the mail parses to, by construction and then by check. Cut is a body
 that follows a delimiter line of a boundary the mail declares, runs up to the next such line and
@@ -22,7 +23,7 @@ import base64
 import binascii
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesHeaderParser
@@ -50,6 +51,43 @@ def delimiter_lines(raw: bytes, boundaries: set[bytes]) -> Iterable[re.Match[byt
             yield line
 
 
+class Base64Body:
+    """A cut body's content: its size known at once, its bytes decoded from the raw mail only when
+    read, whole (``bytes()``) or in pieces (``pieces``: an attachment written to SQLite in pieces
+    never exists decoded whole). Equal to the bytes it decodes to."""
+
+    def __init__(self, raw: bytes, start: int, end: int) -> None:
+        self._raw, self._start, self._end = raw, start, end
+        characters = end - start - raw.count(b"\r", start, end) - raw.count(b"\n", start, end)
+        self._size = characters // 4 * 3 - raw.count(b"=", start, end)    # "=" only pads the end here
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bytes__(self) -> bytes:
+        return binascii.a2b_base64(memoryview(self._raw)[self._start:self._end])
+
+    def pieces(self, size: int) -> Iterator[bytes]:
+        """The decoded bytes in pieces of about `size` (each decodes whole groups of four characters)."""
+        carry = b""
+        for offset in range(self._start, self._end, size):
+            text = carry + self._raw[offset:min(offset + size, self._end)].translate(None, b"\r\n")
+            whole = len(text) - len(text) % 4
+            carry = text[whole:]
+            if whole:
+                yield binascii.a2b_base64(text[:whole])
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (bytes, Base64Body)):
+            return bytes(self) == bytes(other)
+        return NotImplemented
+
+    __hash__ = None     # type: ignore[assignment]  (equal to bytes, which hash otherwise)
+
+    def __repr__(self) -> str:
+        return f"Base64Body({self._size} bytes)"
+
+
 @dataclass(frozen=True)
 class Skeleton:
     """The mail with its large base64 bodies replaced by markers, and where each body lies in the raw bytes."""
@@ -65,13 +103,13 @@ class Skeleton:
         found = [marker for part in leaves if (marker := self._marker_of(part)) is not None]
         return sorted(found) == sorted(self.bodies) and set(self.bodies) <= set(files)
 
-    def body_of(self, part: Message) -> bytes | None:
-        """The decoded body of a part that stands for a cut one; None for any other part."""
+    def body_of(self, part: Message) -> Base64Body | None:
+        """The body of a part that stands for a cut one, decoded when read; None for any other part."""
         marker = self._marker_of(part)
         if marker is None:
             return None
         start, end = self.bodies[marker]
-        return binascii.a2b_base64(memoryview(self.raw)[start:end])
+        return Base64Body(self.raw, start, end)
 
     def _marker_of(self, part: Message) -> str | None:
         payload = part.get_payload()

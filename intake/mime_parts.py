@@ -17,7 +17,7 @@ from email.message import Message
 
 from intake.header_text import FOLD, decode_bytes, decode_words, message_ids
 from intake.html_text import html_to_text
-from intake.large_parts import Skeleton
+from intake.large_parts import Base64Body, Skeleton
 
 _MAX_DEPTH = 64
 _MSGID_LINE = re.compile(r"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
@@ -36,7 +36,7 @@ _DSN_HEADER_TYPES = frozenset({
 class Attachment:
     filename: str
     content_type: str
-    payload: bytes
+    payload: bytes | Base64Body     # a large base64 body cut out of the tree: decoded when stored
 
     @property
     def size(self) -> int:

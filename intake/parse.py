@@ -157,7 +157,7 @@ def parse_mail(
 
 
 def _reject_non_mail(raw: bytes) -> None:
-    if not raw.strip():
+    if not raw or raw.isspace():    # not raw.strip(), which copies the mail
         raise UnparseableMail("empty")
     if raw.startswith(_OLE_SIGNATURE):
         raise UnparseableMail("OLE compound file (Outlook .msg), not MIME")

@@ -11,11 +11,14 @@ PostgreSQL: psycopg sends a value in binary, but reads ``bytea`` as text (hex: t
 the driver keeps the last result until the next query): a read asks for a binary result on a cursor
 of its own, closed at once.
 
-Values under ``LARGE`` take the plain path: a blob handle costs more than the copy it saves.
+Values under ``LARGE`` take the plain path: a blob handle costs more than the copy it saves. An
+attachment may come as ``InPieces`` (decoded from the raw mail as it is read): on SQLite it is
+written piece by piece and never exists decoded whole; elsewhere it is decoded before the INSERT.
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, event, func
 from sqlalchemy.orm import Session
@@ -27,19 +30,32 @@ LARGE = 256 * 1024
 PIECE = 1024 * 1024
 
 
+class InPieces(Protocol):
+    """A value that need not exist whole: its size, its bytes in pieces, or whole (intake/large_parts.py's
+    ``Base64Body``, an attachment decoded from the raw mail as it is written)."""
+
+    def __len__(self) -> int: ...
+    def __bytes__(self) -> bytes: ...
+    def pieces(self, size: int) -> Iterable[bytes]: ...
+
+
 def insertable(connection: Connection, value: bytes) -> Any:
     """What to insert for `value`: ``zeroblob(n)`` for a large value on SQLite (then `write` it), else the value."""
     return func.zeroblob(len(value)) if _in_pieces(connection, value) else value
 
 
-def write(connection: Connection, table: str, column: str, row_id: int, value: bytes) -> None:
+def write(connection: Connection, table: str, column: str, row_id: int, value: bytes | InPieces) -> None:
     """Fill a row's ``zeroblob`` with `value`, in pieces (SQLite, where `insertable` gave one)."""
     if not _in_pieces(connection, value):
         return
-    view = memoryview(value)
+    if isinstance(value, bytes):
+        view = memoryview(value)
+        pieces: Iterable[bytes | memoryview] = (view[start:start + PIECE] for start in range(0, len(value), PIECE))
+    else:
+        pieces = value.pieces(PIECE)
     with connection.connection.driver_connection.blobopen(table, column, row_id) as blob:
-        for start in range(0, len(value), PIECE):
-            blob.write(view[start:start + PIECE])
+        for piece in pieces:
+            blob.write(piece)
 
 
 def stored_raw(session: Session, inbound_id: int) -> bytes | None:
@@ -57,16 +73,18 @@ def stored_raw(session: Session, inbound_id: int) -> bytes | None:
         return None if row is None else row[0]
 
 
-def _in_pieces(connection: Connection, value: bytes) -> bool:
+def _in_pieces(connection: Connection, value: bytes | InPieces) -> bool:
     return connection.dialect.name == "sqlite" and len(value) >= LARGE
 
 
 @event.listens_for(Attachment, "before_insert")
 def _attachment_as_zeroblob(_mapper: Any, connection: Connection, target: Attachment) -> None:
-    value = target.data
-    if isinstance(value, (bytes, bytearray)) and _in_pieces(connection, value):
+    value: bytes | InPieces = target.data
+    if _in_pieces(connection, value):
         target.__dict__["_value"] = value
         target.data = func.zeroblob(len(value))
+    elif not isinstance(value, bytes):
+        target.data = bytes(value)
 
 
 @event.listens_for(Attachment, "after_insert")

@@ -256,6 +256,16 @@ def run_cli(*args: str) -> tuple[int, str]:
 
 
 @pytest.fixture
+def services(tmp_path: Path, db_url: str) -> Iterator[Services]:
+    """The service's parts on `db_url`, in this process, taking mail from unknown senders too."""
+    config = load_config(write_config(tmp_path, db_url, free_port(), free_port(),
+                                      replace={'on_unknown_sender = "hold"': 'on_unknown_sender = "accept"'}))
+    built = build_services(config)
+    yield built
+    built.sessions.kw["bind"].dispose()
+
+
+@pytest.fixture
 def start_service(tmp_path: Path, db_url: str, capture: CaptureServer) -> Iterator[Callable[..., RunningService]]:
     """Start the real listener and outbox worker in this process; stopped at the end of the test."""
     stops: list[Callable[[], None]] = []

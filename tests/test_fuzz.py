@@ -10,11 +10,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from intake.config import load_config
 from intake.pipeline import ingest
-from intake.service import build_services
 from intake.store import Envelope
-from tests.conftest import free_port, write_config
 
 pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("INTAKE_FUZZ_EXAMPLES", "300"))
@@ -76,15 +73,6 @@ def mutated_corpus_mail(draw: st.DrawFn) -> bytes:
         else:
             raw[position:position] = b"\x00"
     return bytes(raw)
-
-
-@pytest.fixture
-def services(tmp_path: Path, db_url: str):  # type: ignore[no-untyped-def]
-    config = load_config(write_config(tmp_path, db_url, free_port(), free_port(),
-                                      replace={'on_unknown_sender = "hold"': 'on_unknown_sender = "accept"'}))
-    built = build_services(config)
-    yield built
-    built.sessions.kw["bind"].dispose()
 
 
 @pytest.mark.parametrize("strategy", [weird_mail(), mutated_corpus_mail()], ids=["built", "mutated-corpus"])

@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import select
 
 import intake.parse as parse_module
-from intake.large_parts import skeleton
+from intake.large_parts import Base64Body, skeleton
 from intake.parse import ParsedEmail, UnparseableMail, parse_mail
-from intake.pipeline import ingest
+from intake.pipeline import Services, ingest
 from models import Attachment, blobs
-from tests.test_fuzz import ENVELOPE, mutated_corpus_mail, services, weird_mail  # noqa: F401 (services: a fixture)
+from tests.test_fuzz import ENVELOPE, mutated_corpus_mail, weird_mail
 from tests.test_parse import CORPUS_EML, MAILS, STDLIB_MSGS
 
 EXAMPLES = int(os.environ.get("INTAKE_FUZZ_EXAMPLES", "300"))
@@ -135,7 +135,7 @@ def test_any_mail_parses_the_same_with_every_body_cut(raw: bytes) -> None:
 
 
 @pytest.mark.integration
-def test_a_large_mail_and_its_attachment_are_stored_and_read_back_byte_for_byte(services) -> None:  # type: ignore[no-untyped-def]
+def test_a_large_mail_and_its_attachment_are_stored_and_read_back_byte_for_byte(services: Services) -> None:
     """Over models/blobs.py's LARGE, SQLite writes and reads the values in pieces; both databases
     keep exactly the bytes (a piece boundary lost or doubled would show)."""
     size = blobs.PIECE * 2 + 12_345            # the attachment and the mail span several pieces
@@ -147,3 +147,15 @@ def test_a_large_mail_and_its_attachment_are_stored_and_read_back_byte_for_byte(
         stored = session.scalars(select(Attachment)).one()
         assert stored.size == size and stored.data == random.Random(size).randbytes(size)
         assert blobs.stored_raw(session, result.inbound_id + 1) is None
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.binary(max_size=3000), st.integers(4, 120), st.integers(1, 500), st.sampled_from([b"\r\n", b"\n"]))
+def test_a_cut_body_decodes_to_the_same_bytes_whole_and_in_pieces(data: bytes, line: int, piece: int,
+                                                                   newline: bytes) -> None:
+    text = base64.b64encode(data)
+    body = b"".join(text[i:i + line] + newline for i in range(0, len(text), line))
+    raw = b"head\r\n" + body + b"--tail"
+    cut = Base64Body(raw, 6, 6 + len(body))
+    assert len(cut) == len(data) and bytes(cut) == data and cut == data
+    assert b"".join(cut.pieces(piece)) == data
