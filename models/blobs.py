@@ -9,7 +9,8 @@ back straight into its ``bytes``.
 
 PostgreSQL: psycopg sends a value in binary, but reads ``bytea`` as text (hex: twice the size, and
 the driver keeps the last result until the next query): a read asks for a binary result on a cursor
-of its own, closed at once.
+of its own, closed at once. A connection that carried a large value is closed when it goes back to
+the pool, taking libpq's grown buffers with it (models/db.py).
 
 Values under ``LARGE`` take the plain path: a blob handle costs more than the copy it saves. An
 attachment may come as ``InPieces`` (decoded from the raw mail as it is read): on SQLite it is
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, event, func
 from sqlalchemy.orm import Session
 
+from models.db import SWOLLEN
 from models.mail import InboundRaw
 from models.ticket import Attachment
 
@@ -41,6 +43,7 @@ class InPieces(Protocol):
 
 def insertable(connection: Connection, value: bytes) -> Any:
     """What to insert for `value`: ``zeroblob(n)`` for a large value on SQLite (then `write` it), else the value."""
+    _note_size(connection, len(value))
     return func.zeroblob(len(value)) if _in_pieces(connection, value) else value
 
 
@@ -70,16 +73,26 @@ def stored_raw(session: Session, inbound_id: int) -> bytes | None:
             return None
     with driver.cursor(binary=True) as cursor:
         row = cursor.execute("SELECT raw FROM inbound_raw WHERE inbound_id = %s", (inbound_id,)).fetchone()
-        return None if row is None else row[0]
+    if row is None:
+        return None
+    _note_size(connection, len(row[0]))
+    return row[0]
 
 
 def _in_pieces(connection: Connection, value: bytes | InPieces) -> bool:
     return connection.dialect.name == "sqlite" and len(value) >= LARGE
 
 
+def _note_size(connection: Connection, size: int) -> None:
+    """A large value through a PostgreSQL connection: the pool closes it when it comes back (models/db.py)."""
+    if size >= LARGE and connection.dialect.name != "sqlite":
+        connection.connection.info[SWOLLEN] = True
+
+
 @event.listens_for(Attachment, "before_insert")
 def _attachment_as_zeroblob(_mapper: Any, connection: Connection, target: Attachment) -> None:
     value: bytes | InPieces = target.data
+    _note_size(connection, len(value))
     if _in_pieces(connection, value):
         target.__dict__["_value"] = value
         target.data = func.zeroblob(len(value))

@@ -27,7 +27,20 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    event.listen(engine, "checkin", _close_if_swollen)
+    return engine
+
+
+SWOLLEN = "swollen"     # on a pooled connection's info: it carried a large value (models/blobs.py)
+
+
+def _close_if_swollen(_dbapi_connection: Any, record: Any) -> None:
+    """libpq keeps its buffers as large as the largest message they carried, for the connection's
+    life: a pooled connection that sent or read a 25 MB mail held ~50 MB more for good. Such a
+    connection is closed when it comes back to the pool (the next checkout opens a fresh one)."""
+    if record.info.pop(SWOLLEN, False):
+        record.invalidate()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 import intake.parse as parse_module
 from intake.large_parts import Base64Body, skeleton
@@ -159,3 +159,26 @@ def test_a_cut_body_decodes_to_the_same_bytes_whole_and_in_pieces(data: bytes, l
     cut = Base64Body(raw, 6, 6 + len(body))
     assert len(cut) == len(data) and bytes(cut) == data and cut == data
     assert b"".join(cut.pieces(piece)) == data
+
+
+@pytest.mark.integration
+def test_a_postgresql_connection_that_carried_a_large_mail_is_not_kept_in_the_pool(services: Services,
+                                                                                 db_url: str) -> None:
+    """libpq keeps its buffers at the largest size they carried; such a connection is closed on its
+    way back to the pool, one that carried small values is kept."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's client buffers")
+    small = ingest(services, attachment_mail(size=1000).replace(b"\n", b"\r\n"), ENVELOPE)
+    large = ingest(services, attachment_mail(size=blobs.LARGE).replace(b"\n", b"\r\n"), ENVELOPE)
+
+    def backend_after_reading(inbound_id: int) -> tuple[int, int]:
+        with services.sessions() as session:
+            blobs.stored_raw(session, inbound_id)
+            before = session.scalar(select(func.pg_backend_pid()))
+        with services.sessions() as session:
+            return before, session.scalar(select(func.pg_backend_pid()))
+
+    kept, again = backend_after_reading(small.inbound_id)
+    assert kept == again
+    swollen, fresh = backend_after_reading(large.inbound_id)
+    assert swollen != fresh
