@@ -50,7 +50,7 @@ def test_killed_at_a_named_point_every_mail_ends_once_and_every_answer_arrives_o
             running[0] = Serve(config, port, log)
 
     try:
-        attempts = [send_until_stored(lambda: port, raw, sender, between=restart_if_dead, timeout=40)
+        attempts = [send_until_stored(lambda: port, raw, sender, between=restart_if_dead, timeout=90)
                     for raw, sender in _mails()]
         assert all(a.delivered for a in attempts), [a.codes for a in attempts]
         wait_until(lambda: bool(exits) or not running[0].alive() or db.settled(), 20, "killed or done")
