@@ -18,6 +18,9 @@ The only module that imports mail-parser. What comes from where, and why:
 - Subject, header values and leftover encoded display names: decoded by
   intake/header_text.py (mail-parser drops or garbles undecodable bytes).
 - Bodies, attachments and DSN parts: one walk over the tree, intake/mime_parts.py.
+- Large base64 attachments: cut out of the mail before the tree is built and decoded from the
+  raw bytes when stored (intake/large_parts.py); the tree is then built from the rest, checked
+  to hold each cut where it was, else built from the whole mail.
 
 If mail-parser raises (nesting too deep, or anything else), or the input would
 make it pathologically slow (over 2,000 encoded words: CPython 3.11's

@@ -93,7 +93,7 @@ def finish(services: Services, stored: Stored, envelope: Envelope, raw: bytes | 
     if not stored.duplicate and raw is None:
         raw = _stored_raw(services, stored.inbound_id)
     parsed = None if stored.duplicate or raw is None else read_mail(services.config, raw, envelope.sender)
-    del raw     # what processing needs is parsed: a large mail's bytes are not held through its transaction
+    del raw     # not held through the transaction for nothing (a cut attachment keeps what it decodes from)
     result = process(services, stored.inbound_id, parsed=parsed)
     if stored.duplicate:
         result = Result(stored.inbound_id, None, "duplicate", duplicate=True)
