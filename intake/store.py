@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from intake.crashpoints import crash_point
 from intake.header_text import MAX_MESSAGE_ID
-from models import InboundMail, InboundRaw, blobs
+from models import InboundMail, blobs
 from models.db import unit_of_work
 
 
@@ -106,9 +106,7 @@ def store(sessions: sessionmaker[Session], raw: bytes, envelope: Envelope, now: 
         with unit_of_work(sessions) as session:
             connection = session.connection()
             inbound_id = connection.execute(insert(InboundMail.__table__), values).inserted_primary_key[0]
-            connection.execute(insert(InboundRaw.__table__).values(raw=blobs.insertable(connection, raw)),
-                               {"inbound_id": inbound_id})
-            blobs.write(connection, InboundRaw.__tablename__, "raw", inbound_id, raw)
+            blobs.insert_raw(connection, inbound_id, raw)
             crash_point("before_commit")
         return Stored(inbound_id, duplicate=False)
     except IntegrityError:      # stored before, or a moment ago by another session or instance

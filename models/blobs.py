@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, event, func
+from sqlalchemy import Connection, bindparam, event, func, insert
 from sqlalchemy.orm import Session
 
 from models.db import SWOLLEN
@@ -41,14 +41,23 @@ class InPieces(Protocol):
     def pieces(self, size: int) -> Iterable[bytes]: ...
 
 
-def insertable(connection: Connection, value: bytes) -> Any:
-    """What to insert for `value`: ``zeroblob(n)`` for a large value on SQLite (then `write` it), else the value."""
-    _note_size(connection, len(value))
-    return func.zeroblob(len(value)) if _in_pieces(connection, value) else value
+def insert_raw(connection: Connection, inbound_id: int, raw: bytes) -> None:
+    """A received mail's bytes into ``inbound_raw``: as ``zeroblob(n)``, then written in pieces,
+    where that saves the copies (statements built once: this runs for every mail stored)."""
+    _note_size(connection, len(raw))
+    if _in_pieces(connection, raw):
+        connection.execute(_RAW_ZEROBLOB, {"inbound_id": inbound_id, "size": len(raw)})
+        _write(connection, InboundRaw.__tablename__, "raw", inbound_id, raw)
+    else:
+        connection.execute(_RAW, {"inbound_id": inbound_id, "raw": raw})
 
 
-def write(connection: Connection, table: str, column: str, row_id: int, value: bytes | InPieces) -> None:
-    """Fill a row's ``zeroblob`` with `value`, in pieces (SQLite, where `insertable` gave one)."""
+_RAW = insert(InboundRaw.__table__)
+_RAW_ZEROBLOB = insert(InboundRaw.__table__).values(raw=func.zeroblob(bindparam("size")))
+
+
+def _write(connection: Connection, table: str, column: str, row_id: int, value: bytes | InPieces) -> None:
+    """Fill a row's ``zeroblob`` with `value`, in pieces (SQLite, for a large value)."""
     if not _in_pieces(connection, value):
         return
     if isinstance(value, bytes):
@@ -104,4 +113,4 @@ def _attachment_as_zeroblob(_mapper: Any, connection: Connection, target: Attach
 def _attachment_written(_mapper: Any, connection: Connection, target: Attachment) -> None:
     value = target.__dict__.pop("_value", None)
     if value is not None:
-        write(connection, Attachment.__tablename__, "data", target.id, value)
+        _write(connection, Attachment.__tablename__, "data", target.id, value)
