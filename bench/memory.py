@@ -10,7 +10,10 @@ Three parts:
    process of its own, `bench.ingest.Sink`), the server's VmHWM (peak RSS) and VmRSS (from /proc/PID/status) are read,
    summed over its processes (the door and the processing processes).
    Printed: the peak's growth over the warm-up peak, and that growth as a multiple of the
-   message's size on the wire, in all and in the door and the processing processes apart.
+   message's size on the wire, in all and in the door and the processing processes apart; and
+   "together": the largest sum of the processes' VmRSS sampled every millisecond while the mail
+   was in flight, over the sum at rest (what the service held at one time: the door and the
+   processing process hold the mail one after the other, and VmHWM adds up both peaks).
 2. **repeat**: one fresh server takes `--repeat` (20) mails of `--repeat-mb` (5) MB one after
    the other; VmHWM after the 1st, 2nd, 5th, 10th and last mail and VmRSS at the end show
    whether memory accumulates across mails.
@@ -36,8 +39,11 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -74,10 +80,36 @@ def per_size(opts: Options, sink: Sink, sizes: list[int]) -> list[tuple[int, int
         url = fresh_database(opts, f"intake_bench_memory_{os.getpid()}_{size // MB}")
         with serving(opts, url, sink, LIMITS) as (port, server):
             before = memory_mb(server.pid)
-            settle(port, url, sink, [raw])
-            results.append((size, len(raw), before, memory_mb(server.pid)))
+            with sampled_peak(server.pid) as together:
+                settle(port, url, sink, [raw])
+            results.append((size, len(raw), before, {**memory_mb(server.pid), "together": together[0]}))
         print(f"  {size / MB:g} MB done", file=sys.stderr, flush=True)
     return results
+
+
+@contextmanager
+def sampled_peak(pid: int) -> Iterator[list[float]]:
+    """The largest sum of the service's processes' VmRSS seen (MiB, in the list yielded once the
+    block ends), read every millisecond or so: what the service held at one time, where VmHWM
+    adds up peaks the processes may reach at different times."""
+    peak = [0.0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                peak[0] = max(peak[0], memory_mb(pid)["VmRSS"])
+            except (FileNotFoundError, ProcessLookupError):     # a process came or went between reads
+                pass
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        sampler.join()
 
 
 def repeat(opts: Options, sink: Sink, count: int, size: int
@@ -223,12 +255,21 @@ def main() -> None:
           f"{MAX_ATTACHMENT_BYTES} (raised for the benchmark); {WARM_UP_MAILS} small mails first on each server")
     print("per size (fresh server each): peak RSS (VmHWM) after warm-up -> after the mail processed and delivered")
     print(f"  {'attachment':>10} {'on the wire':>12} {'VmHWM before':>13} {'VmHWM after':>12} {'growth':>9} "
-          f"{'growth / wire':>14} {'VmRSS after':>12}   peak growth: door, processing")
+          f"{'growth / wire':>14} {'VmRSS after':>12}   peak growth: door, processing; together")
     for size, wire, before, after in results:
         growth = after["VmHWM"] - before["VmHWM"]
         print(f"  {size / MB:8g} MB {wire / 2**20:8.1f} MiB {before['VmHWM']:9.0f} MiB {after['VmHWM']:8.0f} MiB "
               f"{growth:5.0f} MiB {growth * 2**20 / wire:13.1f}x {after['VmRSS']:8.0f} MiB   "
-              + ", ".join(f"{(after[p] - before[p]) * 2**20 / wire:.1f}x" for p in ("door", "processing")))
+              + ", ".join(f"{(after[p] - before[p]) * 2**20 / wire:.1f}x" for p in ("door", "processing"))
+              + f"; {(after['together'] - before['VmRSS']) * 2**20 / wire:.1f}x")
+    if len(results) > 1:
+        (_, wire_a, before_a, after_a), (_, wire_b, before_b, after_b) = results[0], results[-1]
+
+        def slope(key: str, base: str) -> float:
+            grown_a, grown_b = after_a[key] - before_a[base], after_b[key] - before_b[base]
+            return (grown_b - grown_a) * 2**20 / (wire_b - wire_a)
+        print(f"  growth per byte on the wire, from the smallest mail to the largest: VmHWM added up "
+              f"{slope('VmHWM', 'VmHWM'):.2f}, together {slope('together', 'VmRSS'):.2f}")
     if repeated:
         wire, before, seen = repeated
         print(f"repeat: {args.repeat} mails with a {args.repeat_mb:g} MB attachment ({wire / 2**20:.1f} MiB on the wire) "
