@@ -138,10 +138,13 @@ def test_a_mail_too_large_for_the_pipe_is_read_back_from_the_store_and_processed
     try:
         msg = message_from_bytes(make_mail("[SEV-3] Core dump attached"), policy=policy.default)
         msg.add_attachment(payload, maintype="application", subtype="octet-stream", filename="core.bin")
-        assert send_until_stored(lambda: port, msg.as_bytes(), "ann@acme.example", timeout=20).codes[-1] == 250
+        raw = msg.as_bytes()
+        assert send_until_stored(lambda: port, raw, "ann@acme.example", timeout=20).codes[-1] == 250
         wait_until(lambda: database.outcomes() == {"processed/ticket": 1}, what="the mail processed")
-        [(name, size)] = database.rows("SELECT filename, size FROM attachments")
-        assert (name, size) == ("core.bin", len(payload))
+        [(name, size, data)] = database.rows("SELECT filename, size, data FROM attachments")
+        assert (name, size, bytes(data)) == ("core.bin", len(payload), payload)    # cut out, decoded in pieces
+        [stored] = database.rows("SELECT raw FROM inbound_raw")
+        assert bytes(stored[0]) == raw.replace(b"\n", b"\r\n")                 # as it came over SMTP
     finally:
         database.close()
         serve.kill()
