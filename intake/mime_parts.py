@@ -141,8 +141,8 @@ def attachments_of(parts: list[Message], max_bytes: int, max_count: int, defects
         ctype = part.get_content_type()
         ctype = ctype if _CONTENT_TYPE.fullmatch(ctype) else "application/octet-stream"
         name = sanitize_filename(decode_words(part.get_filename() or ""), ctype)
-        payload = cut.body_of(part) if cut is not None else None
-        payload = _part_bytes(part) if payload is None else payload
+        body = cut.body_of(part) if cut is not None else None
+        payload: bytes | Base64Body = _part_bytes(part) if body is None else body
         if len(payload) > max_bytes:
             defects.append(f"AttachmentTooLarge:{name}")
         elif len(kept) >= max_count:

@@ -52,8 +52,8 @@ def insert_raw(connection: Connection, inbound_id: int, raw: bytes) -> None:
         connection.execute(_RAW, {"inbound_id": inbound_id, "raw": raw})
 
 
-_RAW = insert(InboundRaw.__table__)
-_RAW_ZEROBLOB = insert(InboundRaw.__table__).values(raw=func.zeroblob(bindparam("size")))
+_RAW = insert(InboundRaw)
+_RAW_ZEROBLOB = insert(InboundRaw).values(raw=func.zeroblob(bindparam("size")))
 
 
 def _write(connection: Connection, table: str, column: str, row_id: int, value: bytes | InPieces) -> None:
@@ -65,7 +65,7 @@ def _write(connection: Connection, table: str, column: str, row_id: int, value: 
         pieces: Iterable[bytes | memoryview] = (view[start:start + PIECE] for start in range(0, len(value), PIECE))
     else:
         pieces = value.pieces(PIECE)
-    with connection.connection.driver_connection.blobopen(table, column, row_id) as blob:
+    with _driver(connection).blobopen(table, column, row_id) as blob:
         for piece in pieces:
             blob.write(piece)
 
@@ -73,7 +73,7 @@ def _write(connection: Connection, table: str, column: str, row_id: int, value: 
 def stored_raw(session: Session, inbound_id: int) -> bytes | None:
     """A stored mail's bytes, read whole into one ``bytes`` (None: no such mail)."""
     connection = session.connection()
-    driver = connection.connection.driver_connection
+    driver = _driver(connection)
     if connection.dialect.name == "sqlite":
         try:
             with driver.blobopen(InboundRaw.__tablename__, "raw", inbound_id, readonly=True) as blob:
@@ -86,6 +86,13 @@ def stored_raw(session: Session, inbound_id: int) -> bytes | None:
         return None
     _note_size(connection, len(row[0]))
     return row[0]
+
+
+def _driver(connection: Connection) -> Any:
+    """The driver's own connection (sqlite3's, psycopg's): blob handles and binary cursors are not SQLAlchemy's."""
+    driver = connection.connection.driver_connection
+    assert driver is not None, "a checked-out connection has its driver connection"
+    return driver
 
 
 def _in_pieces(connection: Connection, value: bytes | InPieces) -> bool:
