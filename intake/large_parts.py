@@ -82,7 +82,8 @@ class Base64Body:
             return bytes(self) == bytes(other)
         return NotImplemented
 
-    __hash__ = None     # type: ignore[assignment]  (equal to bytes, which hash otherwise)
+    # Equal to bytes, which hash by value: not hashable rather than hashed otherwise.
+    __hash__ = None     # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"Base64Body({self._size} bytes)"
