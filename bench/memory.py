@@ -157,8 +157,8 @@ def where(size: int, tmp: Path) -> list[tuple[str, float, float]]:
     IntakeHandler.handle_DATA = handle_data     # type: ignore[method-assign]
     patched = {"store": pipeline.store, "parse_mail": pipeline.parse_mail, "process": pipeline.process}
     pipeline.store = peaks.traced("store (sha256, INSERT of the raw bytes, commit)", pipeline.store)
-    pipeline.parse_mail = peaks.traced("parse_mail (mail-parser, attachments decoded)", pipeline.parse_mail)
-    pipeline.process = peaks.traced("process (apply, flush, commit)", pipeline.process)
+    pipeline.parse_mail = peaks.traced("parse_mail (mail-parser; large bodies cut out)", pipeline.parse_mail)
+    pipeline.process = peaks.traced("process (apply, flush, commit; cut bodies decoded)", pipeline.process)
     executor = ThreadPoolExecutor(1)
     processor = Processor()
     processor.start()
