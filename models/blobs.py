@@ -5,7 +5,8 @@ SQLite: an INSERT of a large value cost two copies of it besides the caller's: t
 row's record, built whole before its overflow pages are written; a read built the value whole in
 SQLite before the driver copied it. So a large value is inserted as ``zeroblob(n)`` and written
 into the row in pieces of ``PIECE`` bytes, in the same transaction (incremental blob I/O), and read
-back straight into its ``bytes``.
+back straight into its ``bytes``. (``inbound_raw.raw`` and ``attachments.data`` are their rows'
+last columns: a zeroblob before another column is expanded in memory when the row is built.)
 
 PostgreSQL: psycopg sends a value in binary, but reads ``bytea`` as text (hex: twice the size, and
 the driver keeps the last result until the next query): a read asks for a binary result on a cursor
@@ -58,8 +59,6 @@ _RAW_ZEROBLOB = insert(InboundRaw).values(raw=func.zeroblob(bindparam("size")))
 
 def _write(connection: Connection, table: str, column: str, row_id: int, value: bytes | InPieces) -> None:
     """Fill a row's ``zeroblob`` with `value`, in pieces (SQLite, for a large value)."""
-    if not _in_pieces(connection, value):
-        return
     if isinstance(value, bytes):
         view = memoryview(value)
         pieces: Iterable[bytes | memoryview] = (view[start:start + PIECE] for start in range(0, len(value), PIECE))
