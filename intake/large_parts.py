@@ -58,8 +58,7 @@ class Base64Body:
 
     def __init__(self, raw: bytes, start: int, end: int) -> None:
         self._raw, self._start, self._end = raw, start, end
-        characters = end - start - raw.count(b"\r", start, end) - raw.count(b"\n", start, end)
-        self._size = characters // 4 * 3 - raw.count(b"=", start, end)    # "=" only pads the end here
+        self._size = _characters(raw, start, end) // 4 * 3 - raw.count(b"=", start, end)   # "=" only pads the end
 
     def __len__(self) -> int:
         return self._size
@@ -114,11 +113,7 @@ class Skeleton:
 
     def _marker_of(self, part: Message) -> str | None:
         payload = part.get_payload()
-        if not isinstance(payload, str) or payload not in self.bodies:
-            return None
-        if part.get_content_maintype() in _KEPT_WHOLE:
-            return None
-        if str(part.get("content-transfer-encoding", "")).lower() != "base64":     # as mime_parts decodes
+        if not isinstance(payload, str) or payload not in self.bodies or not _cuttable(part):
             return None
         return payload
 
@@ -156,11 +151,18 @@ def _cuttable_body(raw: bytes, part_start: int, part_end: int, smallest: int) ->
     start = header_end.end()
     if part_end - start < smallest or not _BASE64_BODY.fullmatch(raw, start, part_end):
         return None
-    if (part_end - start - raw.count(b"\r", start, part_end) - raw.count(b"\n", start, part_end)) % 4:
+    if _characters(raw, start, part_end) % 4:
         return None
     headers = _HEADERS.parsebytes(raw[part_start:header_end.start()].lstrip(b"\r\n") + b"\r\n\r\n")
-    if headers.get_content_maintype() in _KEPT_WHOLE:
-        return None
-    if str(headers.get("content-transfer-encoding", "")).lower() != "base64":
-        return None
-    return start, part_end
+    return (start, part_end) if _cuttable(headers) else None
+
+
+def _cuttable(part: Message) -> bool:
+    """A part that is neither kept whole nor other than base64 (compared as mime_parts decodes)."""
+    return (part.get_content_maintype() not in _KEPT_WHOLE
+            and str(part.get("content-transfer-encoding", "")).lower() == "base64")
+
+
+def _characters(raw: bytes, start: int, end: int) -> int:
+    """base64 characters between `start` and `end` (clean base64: all but the line breaks)."""
+    return end - start - raw.count(b"\r", start, end) - raw.count(b"\n", start, end)

@@ -101,6 +101,15 @@ def finish(services: Services, stored: Stored, envelope: Envelope, raw: bytes | 
     return result
 
 
+def _raw_of(session: Session, inbound: InboundMail) -> bytes:
+    """The mail's bytes; stored with its row in one transaction, so missing only from a damaged
+    database: the mail is then quarantined with this error, not rejected as empty."""
+    raw = blobs.stored_raw(session, inbound.id)
+    if raw is None:
+        raise LookupError(f"the bytes of inbound mail {inbound.id} are missing from inbound_raw")
+    return raw
+
+
 def _stored_raw(services: Services, inbound_id: int) -> bytes | None:
     """A stored mail's bytes, read outside any write transaction."""
     with services.sessions() as session:
@@ -186,8 +195,7 @@ def _process(session: Session, services: Services, ctx: Context, inbound: Inboun
     """Returns the case the mail was recorded on: held here, it stays in the session's identity map
     (which holds clean objects only weakly), so rescheduling it needs no second SELECT."""
     config = services.config
-    mail = parsed if parsed is not None else read_mail(config, blobs.stored_raw(session, inbound.id) or b"",
-                                                       inbound.envelope_sender)
+    mail = parsed if parsed is not None else read_mail(config, _raw_of(session, inbound), inbound.envelope_sender)
     if isinstance(mail, UnparseableMail):
         inbound.outcome, inbound.reason, inbound.detail = Outcome.REJECTED, mail.reason, str(mail)
         return None

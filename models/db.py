@@ -129,7 +129,7 @@ class FairLock:
         transactions' length, the usual wait) it is tried every 50-100 us, so the lock goes on
         within ~0.1 ms of its release; past that, every 1 ms at most, so a long wait costs few
         wakeups. (Tried every 1 ms from the start, as before, the lock stood idle between holders
-        long enough to cost ~5 % of the mails processed at full load on SQLite.)"""
+        long enough to cost ~10 % of the mails processed at full load on SQLite: docs/performance.md.)"""
         if self._file is None:
             self._file = os.open(self._shared_path, os.O_RDWR | os.O_CREAT, 0o600)
         pause = 0.00005

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 import intake.parse as parse_module
 from intake.large_parts import Base64Body, skeleton
 from intake.parse import ParsedEmail, UnparseableMail, parse_mail
-from intake.pipeline import Services, ingest
-from models import Attachment, blobs
+from intake.pipeline import Services, accept, ingest, process
+from models import Attachment, InboundMail, InboundRaw, InboundStatus, blobs
 from tests.test_fuzz import ENVELOPE, mutated_corpus_mail, weird_mail
 from tests.test_parse import CORPUS_EML, MAILS, STDLIB_MSGS
 
@@ -182,3 +182,17 @@ def test_a_postgresql_connection_that_carried_a_large_mail_is_not_kept_in_the_po
     assert kept == again
     swollen, fresh = backend_after_reading(large.inbound_id)
     assert swollen != fresh
+
+
+@pytest.mark.integration
+def test_a_received_mail_whose_bytes_are_missing_is_quarantined_not_rejected_as_empty(services: Services) -> None:
+    """Only a damaged database loses a mail's bytes (they are stored with its row): the mail then
+    says so in quarantine, where an administrator looks, instead of passing for an empty mail."""
+    stored = accept(services, attachment_mail().replace(b"\n", b"\r\n"), ENVELOPE)
+    with services.sessions() as session, session.begin():
+        session.execute(delete(InboundRaw).where(InboundRaw.inbound_id == stored.inbound_id))
+    assert process(services, stored.inbound_id).metric_outcome == "quarantined"
+    with services.sessions() as session:
+        inbound = session.get(InboundMail, stored.inbound_id)
+        assert inbound is not None and inbound.status is InboundStatus.QUARANTINED
+        assert "missing from inbound_raw" in (inbound.error or "")
