@@ -18,6 +18,7 @@ from intake.parse import ParsedEmail
 from intake.screen import Screening
 from intake.timetable import NO_HISTORY, reschedule
 from models import Attachment, Direction, InboundMail, Message, Outcome, Participant, Ticket, TicketStatus
+from models.inserts import attach_loaded, insert_row
 from notifications.outbox import Outbox, Outgoing, may_answer
 from routing.severity import SeverityReading
 from routing.sla import Duration
@@ -62,10 +63,13 @@ def open_case(session: Session, ctx: Context, inbound: InboundMail, mail: Parsed
                     notify=list(actions.notify), participants=_participants(ctx, mail), messages=[message])
     # Inserted with its times: the reschedule before commit finds them standing, and no UPDATE follows.
     reschedule(session, ctx.config, ticket, ctx.now, NO_HISTORY)
-    session.add(ticket)
-    # One flush: the acknowledgment and the notifications name the case by its id, and the mail
-    # goes in before the acknowledgment's copy, which is inserted at once (messages are read by id).
-    session.flush()
+    # Written at once (models/inserts.py): the acknowledgment and the notifications name the case by
+    # its id, and the mail goes in before the acknowledgment's copy (messages are read by id).
+    insert_row(session, ticket)
+    for participant in ticket.participants:
+        participant.ticket_id = ticket.id
+        insert_row(session, participant)
+    attach_loaded(session, ticket, *ticket.participants, *_insert_message(session, ticket, message))
     inbound.ticket_id = ticket.id
     add_event(session, ticket, "created", ctx.now, mail.sender.email, {
         "rule": decision.routing.rule, "severity": decision.severity, "tag": decision.reading.describe(),
@@ -192,10 +196,20 @@ def _notify_quota(session: Session, ctx: Context, inbound: InboundMail, mail: Pa
 
 def add_message(session: Session, ticket: Ticket, inbound: InboundMail, mail: ParsedEmail, kind: str) -> Message:
     message = _received(inbound, mail, kind)
-    message.ticket_id = ticket.id
-    session.add(message)
+    attach_loaded(session, *_insert_message(session, ticket, message))
     inbound.ticket_id = ticket.id
     return message
+
+
+def _insert_message(session: Session, ticket: Ticket, message: Message) -> list[Message | Attachment]:
+    """Write a received message and its attachments at once (models/inserts.py); returns the
+    objects, for the caller to attach with the rest of what it wrote."""
+    message.ticket_id = ticket.id
+    insert_row(session, message)
+    for attachment in message.attachments:
+        attachment.message_id = message.id
+        insert_row(session, attachment)
+    return [message, *message.attachments]
 
 
 def _received(inbound: InboundMail, mail: ParsedEmail, kind: str) -> Message:

@@ -200,7 +200,7 @@ def _process(session: Session, services: Services, ctx: Context, inbound: Inboun
         inbound.outcome, inbound.reason, inbound.detail = Outcome.REJECTED, mail.reason, str(mail)
         return None
     ticket = _dispatch(session, services, ctx, inbound, mail, releasing, released_severity)
-    # Set after the case's flush, so that the row is written once, with the outcome, at the commit.
+    # Set last, after any autoflush a query may cause: the row is written once, with the outcome, at the commit.
     inbound.sender, inbound.subject = mail.sender.email or inbound.envelope_sender, mail.subject
     return ticket
 

@@ -22,12 +22,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, bindparam, event, func, insert
+from sqlalchemy import Connection, bindparam, func, insert
 from sqlalchemy.orm import Session
 
 from models.db import SWOLLEN
 from models.mail import InboundRaw
-from models.ticket import Attachment
 
 LARGE = 256 * 1024
 PIECE = 1024 * 1024
@@ -48,7 +47,7 @@ def insert_raw(connection: Connection, inbound_id: int, raw: bytes) -> None:
     _note_size(connection, len(raw))
     if _in_pieces(connection, raw):
         connection.execute(_RAW_ZEROBLOB, {"inbound_id": inbound_id, "size": len(raw)})
-        _write(connection, InboundRaw.__tablename__, "raw", inbound_id, raw)
+        write_pieces(connection, InboundRaw.__tablename__, "raw", inbound_id, raw)
     else:
         connection.execute(_RAW, {"inbound_id": inbound_id, "raw": raw})
 
@@ -57,7 +56,7 @@ _RAW = insert(InboundRaw)
 _RAW_ZEROBLOB = insert(InboundRaw).values(raw=func.zeroblob(bindparam("size")))
 
 
-def _write(connection: Connection, table: str, column: str, row_id: int, value: bytes | InPieces) -> None:
+def write_pieces(connection: Connection, table: str, column: str, row_id: int, value: bytes | InPieces) -> None:
     """Fill a row's ``zeroblob`` with `value`, in pieces (SQLite, for a large value)."""
     if isinstance(value, bytes):
         view = memoryview(value)
@@ -104,19 +103,14 @@ def _note_size(connection: Connection, size: int) -> None:
         connection.connection.info[SWOLLEN] = True
 
 
-@event.listens_for(Attachment, "before_insert")
-def _attachment_as_zeroblob(_mapper: Any, connection: Connection, target: Attachment) -> None:
-    value: bytes | InPieces = target.data
+def written_in_pieces(connection: Connection, value: bytes | InPieces) -> bool:
+    """Whether a value for a binary column goes in as ``zeroblob(n)`` and then `write_pieces`
+    (models/inserts.py); noted on a PostgreSQL connection when large."""
     _note_size(connection, len(value))
-    if _in_pieces(connection, value):
-        target.__dict__["_value"] = value
-        target.data = func.zeroblob(len(value))
-    elif not isinstance(value, bytes):
-        target.data = bytes(value)
+    return _in_pieces(connection, value)
 
 
-@event.listens_for(Attachment, "after_insert")
-def _attachment_written(_mapper: Any, connection: Connection, target: Attachment) -> None:
-    value = target.__dict__.pop("_value", None)
-    if value is not None:
-        _write(connection, Attachment.__tablename__, "data", target.id, value)
+def bound(value: bytes | InPieces) -> bytes:
+    """A value for a binary column bound whole: one that comes in pieces is decoded first."""
+    return value if isinstance(value, bytes) else bytes(value)
+

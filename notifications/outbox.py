@@ -52,8 +52,8 @@ class Outbox:
         rate-limit query sees the row without an autoflush (which would write the case in several
         small flushes). The dedupe key is checked by the INSERT itself (``ON CONFLICT DO NOTHING``):
         one statement, one round trip on PostgreSQL, at the price of rendering a mail that a retried
-        step then drops. Messages added to the case earlier in the transaction are flushed first, so
-        the copy's id comes after theirs (a case's messages are read by id)."""
+        step then drops. Received messages are inserted at once too (intake/apply.py), so the copy's
+        id comes after theirs (a case's messages are read by id)."""
         connection = session.connection()
         rendered = self.renderer.render(out.kind, {**self.base_context, **out.context})
         message_id = new_message_id(self.domain)
@@ -70,8 +70,6 @@ class Outbox:
         if inserted is None:    # enqueued before: a retried step
             return None
         if out.ticket_id is not None and out.record_on_ticket:
-            if session.new:     # a message added to the case earlier in this transaction goes in first
-                session.flush()
             connection.execute(_INSERT_MESSAGE, dict(
                 ticket_id=out.ticket_id, inbound_id=None, direction=Direction.OUT, author=out.author or self.from_address,
                 kind=out.kind, subject=rendered.subject, body_text=rendered.text, message_id=message_id.strip("<>"),
