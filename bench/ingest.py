@@ -468,7 +468,7 @@ def main() -> None:
     parser.add_argument("--mails", type=int, default=2000, help="mails in the full-load run")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients in the full-load run")
     parser.add_argument("--rate", type=float, default=50.0, help="mails/s offered in the paced run (0: skip it)")
-    parser.add_argument("--paced-mails", type=int, default=500)
+    parser.add_argument("--paced-mails", type=int, default=500, help="mails in the paced run (0: skip it)")
     parser.add_argument("--paced-clients", type=int, default=8)
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
@@ -504,7 +504,7 @@ def main() -> None:
             cpu = sum(cpu_each)
             rss = memory_mb(server.pid)["VmHWM"]
         paced: tuple[list[float], int] | None = None
-        if args.rate > 0:
+        if args.rate > 0 and args.paced_mails > 0:
             url = fresh_database(opts, PACED)
             with serving(opts, url, sink) as (port, _), finishing(url, sink) as finished:
                 paced = send_paced(port, corpus(args.paced_mails, seed=11), args.rate, args.paced_clients)

@@ -11,9 +11,9 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Callable, cast
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -131,7 +131,7 @@ def process(services: Services, inbound_id: int, *, releasing: bool = False,
     quarantine it on any failure but the database's own (OperationalError, re-raised)."""
     try:
         with unit_of_work(services.sessions) as session:
-            inbound = session.scalars(_INBOUND_FOR_UPDATE, {"id": inbound_id}).first()
+            inbound = _inbound_for_update(session, inbound_id)
             waiting = inbound is not None and (
                 inbound.outcome is Outcome.HELD if releasing else inbound.status is InboundStatus.RECEIVED)
             if not waiting:     # processed meanwhile (another instance, a retried release)
@@ -143,6 +143,8 @@ def process(services: Services, inbound_id: int, *, releasing: bool = False,
                 # went in with its times (intake/apply.py open_case).
                 reschedule(session, services.config, ticket, services.clock())
             inbound.status, inbound.processed_at = InboundStatus.PROCESSED, services.clock()
+            session.connection().execute(_RECORD_OUTCOME, {"row_id": inbound.id, **{
+                key: getattr(inbound, key) for key in _SET_BY_PROCESSING}})
             crash_point("before_process_commit")
         result = replace(_result(inbound_id, inbound), sla_breaches=len(ctx.breaches))
         metrics.SLA_BREACHES.inc(result.sla_breaches)
@@ -170,7 +172,18 @@ def process(services: Services, inbound_id: int, *, releasing: bool = False,
     return result
 
 
-_INBOUND_FOR_UPDATE = select(InboundMail).where(InboundMail.id == bindparam("id")).with_for_update()
+def _inbound_for_update(session: Session, inbound_id: int) -> InboundMail | None:
+    """The stored mail's row, locked, as a plain object outside the session: processing sets its
+    outcome on it, and `process` writes what it set with one UPDATE (`_SET_BY_PROCESSING`). The
+    ORM's load and its flush of the change cost ~0.4 ms of CPU more per mail."""
+    row = session.connection().execute(_INBOUND_FOR_UPDATE, {"id": inbound_id}).first()
+    return None if row is None else InboundMail(**row._mapping)
+
+
+_INBOUND = cast(Table, InboundMail.__table__)
+_INBOUND_FOR_UPDATE = select(_INBOUND).where(_INBOUND.c.id == bindparam("id")).with_for_update()
+_SET_BY_PROCESSING = ("status", "processed_at", "outcome", "reason", "detail", "sender", "subject", "ticket_id")
+_RECORD_OUTCOME = update(_INBOUND).where(_INBOUND.c.id == bindparam("row_id"))
 
 
 def _result(inbound_id: int, inbound: InboundMail | None) -> Result:
