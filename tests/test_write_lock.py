@@ -8,8 +8,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
+from models import db
 from models.db import FairLock, first_in_line, make_engine
 
 
@@ -108,3 +111,56 @@ def test_a_lock_file_held_too_long_elsewhere_times_out_and_leaves_the_lock_usabl
         assert holder.wait(10) == 0
     assert lock.acquire(1)      # neither the in-process lock nor the file was left taken
     lock.release()
+
+
+def test_a_commit_hands_the_lock_on_before_its_sync_and_returns_only_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transaction goes into the WAL unsynced (synchronous=NORMAL), the write lock is handed on,
+    then the WAL is fsynced: the next writer goes ahead during the sync, and the commit returns
+    (a 250, a delivery result) only once its transaction is on disk."""
+    database = tmp_path / "synced.db"
+    engine = make_engine(f"sqlite:///{database}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE held (at INTEGER)"))
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+    synced: list[tuple[str, float]] = []
+    real_sync = db._sync
+
+    def slow_sync(path: str) -> None:
+        time.sleep(0.4)
+        real_sync(path)
+        synced.append((path, time.monotonic()))
+    monkeypatch.setattr(db, "_sync", slow_sync)
+    returned: list[float] = []
+
+    def first() -> None:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO held (at) VALUES (1)"))
+        returned.append(time.monotonic())
+    thread = threading.Thread(target=first)
+    thread.start()
+    time.sleep(0.1)         # the first commit is in its sync now
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO held (at) VALUES (2)"))
+        second_wrote = time.monotonic()
+    thread.join(5)
+    assert [path for path, _ in synced] == [f"{database}-wal"] * 2
+    assert second_wrote < synced[0][1] <= returned[0]
+
+
+def test_a_failed_sync_is_the_database_s_error_and_leaves_the_lock_free(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller gets an OperationalError, as for any failed commit (the door answers 451, processing
+    retries), and the next transaction goes ahead."""
+    url = f"sqlite:///{tmp_path / 'unsynced.db'}"
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE held (at INTEGER)"))
+    monkeypatch.setattr(db._writer_class(url), "wal", str(tmp_path / "gone" / "unsynced.db-wal"))
+    with pytest.raises(OperationalError, match="disk I/O error: syncing"):
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO held (at) VALUES (1)"))
+    monkeypatch.undo()
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO held (at) VALUES (2)"))
+        assert list(conn.scalars(text("SELECT at FROM held ORDER BY rowid"))) == [1, 2]
