@@ -42,6 +42,11 @@ def insert_row(session: Session, obj: Base) -> None:
     setattr(obj, plan.id_key, row_id)
     if large is not None:
         blobs.write_pieces(connection, plan.table_name, plan.binary_column, row_id, large)
+    if plan.binary is not None and len(obj.__dict__[plan.binary_attribute]) >= blobs.LARGE:
+        # Not kept on the object (it is read back if asked for): a cut attachment's value holds the
+        # whole raw mail, and objects in reference cycles live until the collector runs, so several
+        # mails' bytes would stay in memory at once.
+        del obj.__dict__[plan.binary_attribute]
 
 
 def attach_loaded(session: Session, *objs: Base) -> None:
@@ -63,9 +68,10 @@ class _Plan:
         self.id_key = mapper.get_property_by_column(primary).key
         self.columns = [(prop.key, prop.columns[0]) for prop in mapper.column_attrs
                         if not prop.columns[0].primary_key]
-        binary = [column for _, column in self.columns if isinstance(column.type, LargeBinary)]
-        self.binary = binary[0].key if binary else None        # at most one per table: a mail's or attachment's bytes
-        self.binary_column = binary[0].name if binary else ""
+        binary = [(key, column) for key, column in self.columns if isinstance(column.type, LargeBinary)]
+        self.binary = binary[0][1].key if binary else None     # at most one per table: a mail's or attachment's bytes
+        self.binary_attribute = binary[0][0] if binary else ""
+        self.binary_column = binary[0][1].name if binary else ""
         self.plain: Insert = insert(table).returning(primary)
         self.with_zeroblob: Insert = (
             insert(table).values({self.binary_column: func.zeroblob(bindparam("zeroblob_size"))}).returning(primary)
