@@ -13,9 +13,9 @@ together once every row is written.
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Column, Insert, LargeBinary, bindparam, func, inspect, insert
+from sqlalchemy import Column, Insert, LargeBinary, Table, bindparam, func, inspect, insert
 from sqlalchemy.orm import Mapper, Session, make_transient_to_detached
 
 from models import blobs
@@ -29,20 +29,19 @@ def insert_row(session: Session, obj: Base) -> None:
     connection = session.connection()
     plan = _plan(inspect(obj).mapper)
     values = {column.key: _value(obj, key, column) for key, column in plan.columns}
-    large = None
-    if plan.binary is not None and blobs.written_in_pieces(connection, values[plan.binary]):
-        large = values.pop(plan.binary)
-        values["zeroblob_size"] = len(large)
-        statement = plan.with_zeroblob
-    else:
-        if plan.binary is not None:
-            values[plan.binary] = blobs.bound(values[plan.binary])
-        statement = plan.plain
+    statement, pieces = plan.plain, None
+    if plan.binary is not None:
+        value = values[plan.binary]
+        if blobs.written_in_pieces(connection, value):
+            statement, pieces = plan.with_zeroblob, values.pop(plan.binary)
+            values["zeroblob_size"] = len(pieces)
+        else:
+            values[plan.binary] = blobs.bound(value)
     row_id = connection.execute(statement, values).scalar_one()
     setattr(obj, plan.id_key, row_id)
-    if large is not None:
-        blobs.write_pieces(connection, plan.table_name, plan.binary_column, row_id, large)
-    if plan.binary is not None and len(obj.__dict__[plan.binary_attribute]) >= blobs.LARGE:
+    if pieces is not None:
+        blobs.write_pieces(connection, plan.table_name, plan.binary_column, row_id, pieces)
+    if plan.binary is not None and len(value) >= blobs.LARGE:
         # Not kept on the object (it is read back if asked for): a cut attachment's value holds the
         # whole raw mail, and objects in reference cycles live until the collector runs, so several
         # mails' bytes would stay in memory at once.
@@ -62,11 +61,11 @@ class _Plan:
     """Per mapped class: the columns to bind (by attribute key) and the statements, built once."""
 
     def __init__(self, mapper: Mapper[Any]) -> None:
-        table = mapper.local_table
+        table = cast(Table, mapper.local_table)
         self.table_name = str(table.name)
         primary = mapper.primary_key[0]
         self.id_key = mapper.get_property_by_column(primary).key
-        self.columns = [(prop.key, prop.columns[0]) for prop in mapper.column_attrs
+        self.columns = [(prop.key, cast(Column[Any], prop.columns[0])) for prop in mapper.column_attrs
                         if not prop.columns[0].primary_key]
         binary = [(key, column) for key, column in self.columns if isinstance(column.type, LargeBinary)]
         self.binary = binary[0][1].key if binary else None     # at most one per table: a mail's or attachment's bytes
