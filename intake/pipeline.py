@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Callable, cast
+from typing import Callable, Sequence, cast
 
 from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.exc import OperationalError
@@ -86,19 +86,33 @@ def accept(services: Services, raw: bytes, envelope: Envelope) -> Stored:
 
 
 def finish(services: Services, stored: Stored, envelope: Envelope, raw: bytes | None, started: float) -> Result:
-    """Stages 2-6 on an accepted mail. A duplicate is processed too: a no-op unless an outage cut
-    the first processing short. A new mail is parsed before its transaction opens, so SQLite's
-    write lock is not held while mail-parser runs; its bytes are read back from the store when
-    they are not at hand (`raw` None: a large mail, or a backlog past the processor's budget)."""
-    if not stored.duplicate and raw is None:
-        raw = _stored_raw(services, stored.inbound_id)
-    parsed = None if stored.duplicate or raw is None else read_mail(services.config, raw, envelope.sender)
-    del raw     # not held through the transaction for nothing (a cut attachment keeps what it decodes from)
-    result = process(services, stored.inbound_id, parsed=parsed)
+    """Stages 2-6 on an accepted mail (`finish_together` of one)."""
+    return finish_together(services, [(stored, envelope, raw, started)])[0]
+
+
+def finish_together(services: Services, mails: Sequence[tuple[Stored, Envelope, bytes | None, float]]) -> list[Result]:
+    """Stages 2-6 on accepted mails (each: stored, envelope, bytes, when its DATA ended), in the order
+    given, in one transaction (`process_together`). A duplicate is processed too: a no-op unless an
+    outage cut the first processing short. A new mail is parsed before the transaction opens, so
+    SQLite's write lock is not held while mail-parser runs; its bytes are read back from the store
+    when they are not at hand (`raw` None: a large mail, or a backlog past the processor's budget)."""
+    batch = [(stored.inbound_id, _read_stored(services, stored, envelope, raw)) for stored, envelope, raw, _ in mails]
+    results = []
+    for (stored, envelope, _, started), result in zip(mails, process_together(services, batch)):
+        if stored.duplicate:
+            result = Result(stored.inbound_id, None, "duplicate", duplicate=True)
+        metrics.received(envelope.door, result.metric_outcome, time.monotonic() - started)
+        results.append(result)
+    return results
+
+
+def _read_stored(services: Services, stored: Stored, envelope: Envelope,
+                 raw: bytes | None) -> ParsedEmail | UnparseableMail | None:
     if stored.duplicate:
-        result = Result(stored.inbound_id, None, "duplicate", duplicate=True)
-    metrics.received(envelope.door, result.metric_outcome, time.monotonic() - started)
-    return result
+        return None
+    if raw is None:
+        raw = _stored_raw(services, stored.inbound_id)
+    return None if raw is None else read_mail(services.config, raw, envelope.sender)
 
 
 def _raw_of(session: Session, inbound: InboundMail) -> bytes:
@@ -129,47 +143,84 @@ def process(services: Services, inbound_id: int, *, releasing: bool = False,
             released_severity: int | None = None, parsed: ParsedEmail | UnparseableMail | None = None) -> Result:
     """Run stages 2-6 on a stored mail in one transaction (stage 2 may have run already: `parsed`);
     quarantine it on any failure but the database's own (OperationalError, re-raised)."""
+    return process_together(services, [(inbound_id, parsed)], releasing=releasing,
+                            released_severity=released_severity)[0]
+
+
+def process_together(services: Services, mails: Sequence[tuple[int, ParsedEmail | UnparseableMail | None]], *,
+                     releasing: bool = False, released_severity: int | None = None) -> list[Result]:
+    """Run stages 2-6 on stored mails (each: its id, and its parse if done already), one after the
+    other in one transaction: one commit, and on SQLite one wait for the write lock and one sync,
+    for all of them (the processor hands over what queued up behind a mail). A fault in one rolls
+    back all; each is then processed again on its own, where the faulty one is quarantined. A
+    database failure (OperationalError) is re-raised: every mail of it stays `received`."""
     try:
         with unit_of_work(services.sessions) as session:
-            inbound = _inbound_for_update(session, inbound_id)
-            waiting = inbound is not None and (
-                inbound.outcome is Outcome.HELD if releasing else inbound.status is InboundStatus.RECEIVED)
-            if not waiting:     # processed meanwhile (another instance, a retried release)
-                return _result(inbound_id, inbound)
-            ctx = Context(services.config, services.outbox, services.clock())
-            ticket = _process(session, services, ctx, inbound, releasing, released_severity, parsed)
-            if ticket is not None and inbound.outcome is not Outcome.TICKET:
-                # The mail may have moved its clocks: store their next times now. A case it opened
-                # went in with its times (intake/apply.py open_case).
-                reschedule(session, services.config, ticket, services.clock())
-            inbound.status, inbound.processed_at = InboundStatus.PROCESSED, services.clock()
-            session.connection().execute(_RECORD_OUTCOME, {"row_id": inbound.id, **{
-                key: getattr(inbound, key) for key in _SET_BY_PROCESSING}})
+            done = [_process_in(session, services, inbound_id, releasing, released_severity, parsed)
+                    for inbound_id, parsed in mails]
             crash_point("before_process_commit")
-        result = replace(_result(inbound_id, inbound), sla_breaches=len(ctx.breaches))
-        metrics.SLA_BREACHES.inc(result.sla_breaches)
     except OperationalError as exc:
         # The database is away, full or deadlocked: not the mail's fault, so no quarantine. The mail
         # stays `received`; the sender's retry (a duplicate) or resume_received finishes it.
-        log_event(log, "mail.deferred", logging.WARNING, inbound=inbound_id,
-                  error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+        for inbound_id, _ in mails:
+            log_event(log, "mail.deferred", logging.WARNING, inbound=inbound_id,
+                      error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
         raise
     except Exception as exc:    # the boundary: any fault becomes a quarantined mail, never a lost one
-        facts: dict[str, str | None] = {}
-        try:
-            facts = _quarantine(services, inbound_id, exc)
-        finally:                # a real fault: logged with its stack trace, even when quarantining failed too
-            log_event(log, "mail.quarantined", logging.ERROR, exc_info=exc, **facts, inbound=inbound_id,
-                      error=f"{type(exc).__name__}: {exc}")
-        return Result(inbound_id, None, "quarantined")
-    crash_point("after_process_commit")
-    if services.mail_enqueued is not None:
-        services.mail_enqueued.set()
+        if len(mails) > 1:      # rolled back together: which one failed is found by taking each alone
+            return [process(services, inbound_id, releasing=releasing, released_severity=released_severity,
+                            parsed=parsed) for inbound_id, parsed in mails]
+        return [_quarantined(services, mails[0][0], exc)]
+    if any(ctx is not None for _, ctx in done):     # something was processed, not only found done
+        crash_point("after_process_commit")
+        if services.mail_enqueued is not None:
+            services.mail_enqueued.set()
+    return [_processed(services, inbound_id, inbound, ctx) for (inbound_id, _), (inbound, ctx) in zip(mails, done)]
+
+
+def _process_in(session: Session, services: Services, inbound_id: int, releasing: bool,
+                released_severity: int | None,
+                parsed: ParsedEmail | UnparseableMail | None) -> tuple[InboundMail | None, Context | None]:
+    """One mail's processing in the open transaction: its row as processing left it, and its
+    context (None when it was not waiting: processed meanwhile, by another instance or a retry)."""
+    inbound = _inbound_for_update(session, inbound_id)
+    waiting = inbound is not None and (
+        inbound.outcome is Outcome.HELD if releasing else inbound.status is InboundStatus.RECEIVED)
+    if inbound is None or not waiting:
+        return inbound, None
+    ctx = Context(services.config, services.outbox, services.clock())
+    ticket = _process(session, services, ctx, inbound, releasing, released_severity, parsed)
+    if ticket is not None and inbound.outcome is not Outcome.TICKET:
+        # The mail may have moved its clocks: store their next times now. A case it opened
+        # went in with its times (intake/apply.py open_case).
+        reschedule(session, services.config, ticket, services.clock())
+    inbound.status, inbound.processed_at = InboundStatus.PROCESSED, services.clock()
+    session.connection().execute(_RECORD_OUTCOME, {"row_id": inbound.id, **{
+        key: getattr(inbound, key) for key in _SET_BY_PROCESSING}})
+    return inbound, ctx
+
+
+def _processed(services: Services, inbound_id: int, inbound: InboundMail | None, ctx: Context | None) -> Result:
+    """A committed mail's result, counted and logged."""
+    if ctx is None or inbound is None:
+        return _result(inbound_id, inbound)
+    result = replace(_result(inbound_id, inbound), sla_breaches=len(ctx.breaches))
+    metrics.SLA_BREACHES.inc(result.sla_breaches)
     ref = f"{services.config.case_prefix}-{result.ticket_id}" if result.ticket_id is not None else None
     log_event(log, "mail.processed", ref=ref, message_id=inbound.message_id, mailbox=inbound.mailbox,
               outcome=result.outcome.value if result.outcome else None, reason=result.reason, door=inbound.door,
               sender=inbound.sender, inbound=inbound_id)
     return result
+
+
+def _quarantined(services: Services, inbound_id: int, exc: Exception) -> Result:
+    facts: dict[str, str | None] = {}
+    try:
+        facts = _quarantine(services, inbound_id, exc)
+    finally:                # a real fault: logged with its stack trace, even when quarantining failed too
+        log_event(log, "mail.quarantined", logging.ERROR, exc_info=exc, **facts, inbound=inbound_id,
+                  error=f"{type(exc).__name__}: {exc}")
+    return Result(inbound_id, None, "quarantined")
 
 
 def _inbound_for_update(session: Session, inbound_id: int) -> InboundMail | None:

@@ -22,13 +22,15 @@ from typing import Callable
 from sqlalchemy.exc import OperationalError
 
 from intake.logs import log_event
-from intake.pipeline import Result, Services, finish
+from intake.pipeline import Result, Services, finish_together
 from intake.store import Envelope, Stored
 
 log = logging.getLogger("intake.processor")
 
 RETRY_SECONDS = (0.5, 1, 2, 4, 8)      # a database blip; after these, resume_received takes over
 RAW_KEPT_BYTES = 64 * 1024 * 1024   # queued mail kept in memory for parsing; past it, read back from the store
+BATCH_MAILS = 8                     # queued mails processed in one transaction, at most
+BATCH_MAIL_BYTES = 256 * 1024       # a larger mail is processed in a transaction of its own
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Processor:
         self._kept = 0          # bytes of queued mail held in memory (RAW_KEPT_BYTES)
         self._kept_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._next: Accepted | None = None     # taken from the queue, not batched with the mails before it
         self._thread = threading.Thread(target=self._run, name="processing", daemon=True)
 
     def start(self) -> None:
@@ -90,33 +93,65 @@ class Processor:
 
     def _run(self) -> None:
         while True:
-            accepted = self._queue.get()
+            batch, stop = self._take()
             try:
-                if accepted is None or self._stopping.is_set():
-                    return
-                self._process(accepted)
+                if batch and not self._stopping.is_set():
+                    self._process(batch)
             finally:
-                if accepted is not None and accepted.raw is not None:
-                    with self._kept_lock:
-                        self._kept -= len(accepted.raw)
-                self._queue.task_done()
+                for accepted in batch:
+                    if accepted.raw is not None:
+                        with self._kept_lock:
+                            self._kept -= len(accepted.raw)
+                for _ in range(len(batch) + stop):
+                    self._queue.task_done()
+            if stop or self._stopping.is_set():
+                return
 
-    def _process(self, accepted: Accepted) -> None:
-        result = self._finish(accepted)
-        if self._done is not None:
-            self._done(accepted, result)
+    def _take(self) -> tuple[list[Accepted], bool]:
+        """The next mail and those queued behind it that share its transaction (up to BATCH_MAILS
+        small ones under the same config), and whether the stop came after them."""
+        first = self._next if self._next is not None else self._queue.get()
+        self._next = None
+        if first is None:
+            return [], True
+        batch = [first]
+        while _small(batch[-1]) and len(batch) < BATCH_MAILS:
+            try:
+                following = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if following is None:
+                return batch, True
+            if not _small(following) or following.services is not first.services:
+                self._next = following      # starts the next batch
+                break
+            batch.append(following)
+        return batch, False
 
-    def _finish(self, accepted: Accepted) -> Result | None:
+    def _process(self, batch: list[Accepted]) -> None:
+        for accepted, result in zip(batch, self._finish(batch)):
+            if self._done is not None:
+                self._done(accepted, result)
+
+    def _finish(self, batch: list[Accepted]) -> list[Result | None]:
         for delay in (*RETRY_SECONDS, None):
             try:
-                return finish(accepted.services, accepted.stored, accepted.envelope, accepted.raw,
-                              accepted.started)
-            except OperationalError:    # logged by process() as mail.deferred; the mail stays `received`
+                return list(finish_together(batch[0].services, [
+                    (accepted.stored, accepted.envelope, accepted.raw, accepted.started) for accepted in batch]))
+            except OperationalError:    # logged by process_together() as mail.deferred; the mail stays `received`
                 if delay is None or self._stopping.wait(delay):
                     break
             except Exception:   # the quarantine itself failed: the mail stays `received` for resume_received
-                log_event(log, "processing.failed", logging.ERROR, exc_info=True, inbound=accepted.stored.inbound_id)
-                return None
-        log_event(log, "processing.deferred", logging.WARNING, inbound=accepted.stored.inbound_id,
-                  retry="resume_received")
-        return None
+                for accepted in batch:
+                    log_event(log, "processing.failed", logging.ERROR, exc_info=True, inbound=accepted.stored.inbound_id)
+                return [None] * len(batch)
+        for accepted in batch:
+            log_event(log, "processing.deferred", logging.WARNING, inbound=accepted.stored.inbound_id,
+                      retry="resume_received")
+        return [None] * len(batch)
+
+
+def _small(accepted: Accepted) -> bool:
+    """Whether a mail may share its transaction: every parsed mail of a batch is held until the
+    commit, so a large one goes alone (docs/performance.md, "Large mails held once")."""
+    return accepted.stored.duplicate or (accepted.raw is not None and len(accepted.raw) <= BATCH_MAIL_BYTES)

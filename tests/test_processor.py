@@ -86,13 +86,13 @@ def test_mail_still_queued_at_a_stop_stays_received_and_the_next_start_processes
 
 def test_the_listener_answers_once_the_mail_is_stored_while_processing_is_still_to_come(
         service: RunningService, monkeypatch: pytest.MonkeyPatch) -> None:
-    go_on, real_finish = threading.Event(), processor_module.finish
+    go_on, real_finish = threading.Event(), processor_module.finish_together
 
     def held_back(*args: Any) -> Any:
         assert go_on.wait(30)
         return real_finish(*args)
 
-    monkeypatch.setattr(processor_module, "finish", held_back)
+    monkeypatch.setattr(processor_module, "finish_together", held_back)
     with smtplib.SMTP("127.0.0.1", service.port, timeout=10) as smtp:
         smtp.ehlo()
         smtp.mail("ann@acme.example")
