@@ -8,14 +8,16 @@ import smtplib
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from email import message_from_bytes, policy
 from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
+from intake import pipeline as pipeline_module
 from intake import processor as processor_module
 from intake.config import load_config
 from intake.pipeline import Services, accept, resume_received
@@ -69,6 +71,59 @@ def test_a_backlog_keeps_mail_in_memory_up_to_a_byte_budget_and_all_are_processe
     assert processor._kept == 0         # the budget is given back as mails are processed
     with services.sessions() as session:
         assert list(session.scalars(select(Ticket.subject).order_by(Ticket.id))) == subjects
+
+
+def _run_queued(accepted_mails: list[Accepted]) -> int:
+    """Queue the mails before the thread starts, process them all; how many transactions committed."""
+    commits: list[Any] = []
+    engine, count = accepted_mails[0].services.sessions.kw["bind"], commits.append
+    event.listen(engine, "commit", count)
+    processor = Processor()
+    for accepted in accepted_mails:
+        processor.submit(accepted)
+    processor.start()
+    try:
+        assert processor.wait_idle(30)
+    finally:
+        processor.stop()
+        event.remove(engine, "commit", count)
+    return len(commits)
+
+
+def test_small_mails_queued_behind_a_mail_share_its_transaction_in_arrival_order(services: Services) -> None:
+    subjects = [f"[SEV-3] queued {n}" for n in range(processor_module.BATCH_MAILS + 2)]
+    assert _run_queued(_accept_all(services, subjects)) == 2        # eight, then two
+    assert _statuses(services) == [InboundStatus.PROCESSED] * len(subjects)
+    with services.sessions() as session:
+        assert list(session.scalars(select(Ticket.subject).order_by(Ticket.id))) == subjects
+
+
+def test_a_large_mail_and_a_mail_under_another_config_get_transactions_of_their_own(services: Services) -> None:
+    small = _accept_all(services, ["[SEV-3] before", "[SEV-3] large", "[SEV-3] after", "[SEV-3] reloaded"])
+    large = replace(small[1], raw=small[1].raw + b"x" * processor_module.BATCH_MAIL_BYTES)   # as queued: only its length counts
+    reloaded = replace(small[3], services=replace(services))    # a reload between: another Services
+    assert _run_queued([small[0], large, small[2], reloaded]) == 4
+    assert _statuses(services) == [InboundStatus.PROCESSED] * 4
+
+
+def test_a_fault_in_one_mail_of_a_batch_quarantines_that_mail_only(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_decide = pipeline_module.decide_new
+
+    def failing(mail: Any, *args: Any) -> Any:
+        if "boom" in mail.subject:
+            raise RuntimeError("a fault in this mail")
+        return real_decide(mail, *args)
+
+    monkeypatch.setattr(pipeline_module, "decide_new", failing)
+    subjects = ["[SEV-3] first", "[SEV-3] second", "[SEV-3] boom", "[SEV-3] fourth"]
+    assert _run_queued(_accept_all(services, subjects)) == 4     # all rolled back, then each alone
+    assert _statuses(services) == [InboundStatus.PROCESSED] * 2 + [InboundStatus.QUARANTINED, InboundStatus.PROCESSED]
+    with services.sessions() as session:
+        assert list(session.scalars(select(Ticket.subject).order_by(Ticket.id))) == [
+            "[SEV-3] first", "[SEV-3] second", "[SEV-3] fourth"]
+        assert session.scalar(select(InboundMail.error).where(InboundMail.status == InboundStatus.QUARANTINED)) == \
+            "RuntimeError: a fault in this mail"
 
 
 def test_mail_still_queued_at_a_stop_stays_received_and_the_next_start_processes_it(services: Services) -> None:
