@@ -3,7 +3,9 @@
 The listener answers `250` once a mail is stored, the durability point (PRODUCT.md §3), and
 hands it to the processing process (intake/processing_process.py), where one thread of this
 kind runs stages 2-6 on stored mail in the order it arrived, so a sender waits for a commit,
-never for parsing, rendering or the write lock held by processing.
+never for parsing, rendering or the write lock held by processing. Under load, the small mails
+queued behind a mail share its transaction (`BATCH_MAILS`, `BATCH_MAIL_BYTES`): one commit, and on
+SQLite one wait for the write lock and one sync, for all of them (docs/performance.md).
 
 Each mail is processed under the config the processing process had when the mail reached it (a
 reload is passed on in order with the mails). A mail the thread did not get to (it stopped or
@@ -82,8 +84,8 @@ class Processor:
         return True
 
     def stop(self, timeout: float = 10) -> None:
-        """Process what is queued, for up to `timeout` seconds; then finish the mail in hand and stop.
-        What is still queued stays `received` for the next start."""
+        """Process what is queued, for up to `timeout` seconds; then finish the mails in hand (one
+        transaction) and stop. What is still queued stays `received` for the next start."""
         self._queue.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
