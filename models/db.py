@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -93,6 +94,16 @@ def first_in_line() -> Iterator[None]:
         _line.first = False
 
 
+class _FileLockRequest:
+    """A caller's wait for the lock file, which the locker thread either grants or, when the caller
+    gave up first, lets go."""
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.granted = threading.Event()
+        self.abandoned = False
+
+
 class FairLock:
     """A lock handed to its waiters in the order they came (threads `first_in_line` go to the front).
     A plain lock goes to whichever thread runs first after the release, mostly the one that released
@@ -104,9 +115,12 @@ class FairLock:
         self._waiters: deque[threading.Lock] = deque()
         self._held = False
         # Other processes on the database (processing beside the door, one-shot commands) take the
-        # same lock file, tried at short intervals, where SQLite's busy handler sleeps up to 100 ms.
+        # same lock file, waited for in a blocking flock (woken at its release), where SQLite's busy
+        # handler sleeps up to 100 ms.
         self._shared_path = shared_with_processes
         self._file: int | None = None      # opened at the first write: the folder exists once SQLite has opened the file
+        self._requests: queue.SimpleQueue[_FileLockRequest] | None = None     # to the locker thread, started at the first wait
+        self._locker_busy = 0      # waits handed to the locker thread and not yet granted or let go
 
     def acquire(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -124,26 +138,50 @@ class FairLock:
         return False
 
     def _lock_file(self, deadline: float) -> bool:
-        """The lock file, tried until `deadline`: a blocking flock could not time out, so a process
-        hung inside a write would hold up the others for good. For the first 20 ms of a wait (a few
-        transactions' length, the usual wait) it is tried every 50-100 us, so the lock goes on
-        within ~0.1 ms of its release; past that, every 1 ms at most, so a long wait costs few
-        wakeups. (Tried every 1 ms from the start, as before, the lock stood idle between holders
-        long enough to cost ~10 % of the mails processed at full load on SQLite: docs/performance.md.)"""
+        """The lock file, waited for until `deadline`. Taken at once when free; else this lock's
+        locker thread waits in a blocking flock, which the kernel ends at the release, and hands
+        the lock over; one it takes for a caller that gave up is let go at once. (A blocking flock
+        in the caller could not time out, so a process hung inside a write would hold up the others
+        for good; polled every 50-100 us instead, as before, the SMTP door spent ~0.3 ms of CPU per
+        mail on the wakeups at full load: docs/performance.md.)"""
         if self._file is None:
             self._file = os.open(self._shared_path, os.O_RDWR | os.O_CREAT, 0o600)
-        pause = 0.00005
-        patient_from = time.monotonic() + 0.02
+        with self._mutex:
+            # Not while the locker thread still has a wait in hand, given up or not: on the same open
+            # file a second flock succeeds, and the locker would then let go of the caller's lock.
+            if not self._locker_busy:
+                try:
+                    fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    pass
+            self._locker_busy += 1
+        request = _FileLockRequest()
+        self._locker_queue().put(request)
+        request.granted.wait(max(0.0, deadline - time.monotonic()))
+        with request.mutex:
+            request.abandoned = not request.granted.is_set()
+            return not request.abandoned
+
+    def _locker_queue(self) -> queue.SimpleQueue[_FileLockRequest]:
+        if self._requests is None:
+            self._requests = queue.SimpleQueue()
+            threading.Thread(target=self._lock_for_callers, args=(self._requests,), name="sqlite-writelock",
+                             daemon=True).start()
+        return self._requests
+
+    def _lock_for_callers(self, requests: queue.SimpleQueue[_FileLockRequest]) -> None:
+        assert self._file is not None
         while True:
-            try:
-                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                now = time.monotonic()
-                if now >= deadline:
-                    return False
-                time.sleep(pause)
-                pause = min(pause * 2, 0.0001 if now < patient_from else 0.001)
+            request = requests.get()
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+            with request.mutex:
+                if request.abandoned:
+                    fcntl.flock(self._file, fcntl.LOCK_UN)
+                else:
+                    request.granted.set()
+            with self._mutex:
+                self._locker_busy -= 1
 
     def _acquire_here(self, timeout: float) -> bool:
         with self._mutex:

@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from models import db
 from models.db import FairLock, first_in_line, make_engine
+from tests.harness import wait_until
 
 
 def _queue_up(lock: FairLock, names: list[str], taken: list[str], first: set[str]) -> list[threading.Thread]:
@@ -111,6 +112,29 @@ def test_a_lock_file_held_too_long_elsewhere_times_out_and_leaves_the_lock_usabl
         assert holder.wait(10) == 0
     assert lock.acquire(1)      # neither the in-process lock nor the file was left taken
     lock.release()
+
+
+def test_the_lock_file_taken_for_a_wait_that_gave_up_is_let_go(tmp_path: Path) -> None:
+    """A wait for the lock file goes on in the lock's locker thread after its caller timed out;
+    the file it then gets is released at once, not kept from the other processes."""
+    path = str(tmp_path / "db-writelock")
+    here, elsewhere = FairLock(path), FairLock(path)    # two opens of the file: as two processes
+    assert elsewhere.acquire(1)
+    assert not here.acquire(0.2)        # the locker thread still waits in flock
+    elsewhere.release()                 # the locker gets the file for the caller that gave up ...
+    wait_until(lambda: _take_and_give_back(elsewhere), timeout=5)     # ... and lets it go
+    assert here.acquire(1)
+    assert not elsewhere.acquire(0.1)
+    here.release()
+    assert elsewhere.acquire(1)
+    elsewhere.release()
+
+
+def _take_and_give_back(lock: FairLock) -> bool:
+    if not lock.acquire(0.05):
+        return False
+    lock.release()
+    return True
 
 
 def test_a_commit_hands_the_lock_on_before_its_sync_and_returns_only_after_it(
