@@ -6,7 +6,8 @@ of its own standing in for the outbound relay:
 - full load: N mails from C concurrent clients, each sending as soon as its last mail was
   answered. Prints mails/s accepted (DATA -> 250), fully processed (case + rendered
   acknowledgment in the outbox) and delivered (every outbox row at the relay), the DATA->250
-  percentiles, and the server's CPU and peak RSS (all its processes);
+  percentiles, and the server's CPU and peak RSS (all its processes); the CPU the relay, the
+  clients and the rest of the machine used in the same run;
 - paced: mails offered on a fixed schedule (default 50/s) from enough clients that a slow
   answer does not hold back the next mail; prints the DATA->250 percentiles at that load, and
   how long after the last answer every mail was processed and delivered (whether the service
@@ -16,7 +17,9 @@ Then the ceilings, measured on the same machine in the same run: the bare loop (
 aiosmtpd -> mail-parser -> SQLite commit -> 250, fed by the same clients), mail-parser and stdlib
 parse rates and a bare durable commit rate (SQLite; PostgreSQL too when benchmarking it), with the
 processed rate as a fraction of each, and the 150 mails/s target scaled to this machine by the
-bare loop (the issue's reference machine ran it at 286 mails/s). Run on demand, not in the test suite:
+bare loop (the issue's reference machine ran it at 286 mails/s), with the CPU budget per mail that
+rate leaves the service once the relay and the clients have had theirs. Run on demand, not in the
+test suite:
 
     .venv/bin/python bench/ingest.py [--mails 2000] [--clients 4] [--rate 50] [--paced-mails 500]
                                      [--database sqlite|postgresql] [--pg-url URL]
@@ -115,6 +118,11 @@ class Sink:
     @property
     def count(self) -> int:
         return int(self._count.value)
+
+    @property
+    def pid(self) -> int:
+        assert self._process.pid is not None
+        return self._process.pid
 
 
 class _Counting:
@@ -380,11 +388,20 @@ def service_pids(pid: int) -> list[int]:
 def cpu_seconds(pid: int) -> list[float]:
     """User + system CPU time each of the service's processes (the door first, then its processing
     processes) used so far: less sensitive to a busy machine than rates."""
-    times = []
-    for each in service_pids(pid):
-        fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
-        times.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
-    return times
+    return [process_cpu(each) for each in service_pids(pid)]
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds one process used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> float:
+    """CPU seconds the whole machine spent busy so far (all cores; idle and I/O wait left out)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -411,26 +428,28 @@ def percentile(latencies: list[float], p: float) -> float:
 REFERENCE_BARE_LOOP, REFERENCE_TARGET = 286.0, 150.0
 
 
-def bare_loop_rate(mails: list[bytes], clients: int, tmp: Path) -> float:
+def bare_loop_rate(mails: list[bytes], clients: int, tmp: Path) -> tuple[float, float]:
     """Mails/s of bench/bare_loop.py (aiosmtpd -> mail-parser -> SQLite commit -> 250) in its own
-    process, fed like the service by `clients` clients, after the same warm-up."""
+    process, fed like the service by `clients` clients, after the same warm-up; and its CPU seconds
+    per mail."""
     port = free_port()
     server = subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare_loop.py"), str(port), str(tmp / "loop.db")])
     try:
         wait_port(port)
         send_all(port, mails[:WARM_UP_MAILS], 1)
-        started = time.perf_counter()
+        cpu_before, started = process_cpu(server.pid), time.perf_counter()
         send_all(port, mails, clients)
-        return len(mails) / (time.perf_counter() - started)
+        return len(mails) / (time.perf_counter() - started), (process_cpu(server.pid) - cpu_before) / len(mails)
     finally:
         server.terminate()
         server.wait(30)
 
 
-def ceilings(mails: list[bytes], clients: int, tmp: Path, pg_url: str | None) -> dict[str, float]:
+def ceilings(mails: list[bytes], clients: int, tmp: Path, pg_url: str | None) -> tuple[dict[str, float], float]:
     """What the pieces alone do on this machine: the bare SMTP loop, parse rates, and one durable
-    commit per mail."""
-    rates = {"bare SMTP loop (parse, store)": bare_loop_rate(mails, clients, tmp)}
+    commit per mail; and the bare loop's CPU seconds per mail."""
+    bare_rate, bare_cpu = bare_loop_rate(mails, clients, tmp)
+    rates = {"bare SMTP loop (parse, store)": bare_rate}
     started = time.perf_counter()
     for raw in mails:
         mailparser.parse_from_bytes(raw)
@@ -460,7 +479,7 @@ def ceilings(mails: list[bytes], clients: int, tmp: Path, pg_url: str | None) ->
                 pg.execute("INSERT INTO m (raw) VALUES (%s)", (raw,))
                 pg.commit()
             rates["bare PostgreSQL commit"] = len(sample) / (time.perf_counter() - started)
-    return rates
+    return rates, bare_cpu
 
 
 def main() -> None:
@@ -495,12 +514,15 @@ def main() -> None:
         load_before = os.getloadavg()
         url = fresh_database(opts, LOAD)
         with serving(opts, url, sink) as (port, server), finishing(url, sink) as finished:
-            cpu_before = cpu_seconds(server.pid)
+            cpu_before, others_before = cpu_seconds(server.pid), (process_cpu(sink.pid), time.process_time(), machine_cpu())
             started = time.perf_counter()
             latencies = send_all(port, mails, args.clients)
             accepted = time.perf_counter() - started
             processed, delivered = finished(len(mails), started)
             cpu_each = [after - before for after, before in zip(cpu_seconds(server.pid), cpu_before)]
+            relay_cpu, clients_cpu, machine = (after - before for after, before in zip(
+                (process_cpu(sink.pid), time.process_time(), machine_cpu()), others_before))
+            busy_share = machine / ((time.perf_counter() - started) * (os.cpu_count() or 1))
             cpu = sum(cpu_each)
             rss = memory_mb(server.pid)["VmHWM"]
         paced: tuple[list[float], int] | None = None
@@ -519,7 +541,7 @@ def main() -> None:
                 for suffix in ("", "-wal", "-shm"):
                     (opts.tmp / f"{name}.db{suffix}").unlink(missing_ok=True)
     load_after = os.getloadavg()
-    rates = ceilings(mails, args.clients, opts.tmp, args.pg_url if args.database == "postgresql" else None)
+    rates, bare_cpu = ceilings(mails, args.clients, opts.tmp, args.pg_url if args.database == "postgresql" else None)
 
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{platform.platform()}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
@@ -535,6 +557,11 @@ def main() -> None:
     print(f"intake serve: {cpu / len(mails) * 1000:.1f} ms CPU per mail (receive, process, deliver; the door "
           f"{per_mail[0]:.1f} ms, processing {' + '.join(f'{each:.1f}' for each in per_mail[1:])} ms; "
           f"{len(mails) / cpu:.0f} mails per CPU-second); peak RSS {rss:.0f} MiB (the processes' peaks added)")
+    outside = (relay_cpu + clients_cpu) / len(mails) * 1000
+    print(f"CPU per mail, same run: intake serve {cpu / len(mails) * 1000:.1f} ms, the relay "
+          f"{relay_cpu / len(mails) * 1000:.1f} ms, the clients (this process) {clients_cpu / len(mails) * 1000:.1f} ms, "
+          f"the rest of the machine {(machine - cpu - relay_cpu - clients_cpu) / len(mails) * 1000:.1f} ms; "
+          f"the {os.cpu_count()} cores were {busy_share:.0%} busy until every mail was delivered")
     if paced is not None:
         paced_latencies, late = paced
         print(f"paced: {len(paced_latencies)} mails offered at {args.rate:g}/s from {args.paced_clients} clients: "
@@ -554,6 +581,11 @@ def main() -> None:
     print(f"target scaled to this machine: {REFERENCE_TARGET:g} of the reference bare loop's {REFERENCE_BARE_LOOP:g} "
           f"mails/s is {share:.1%}; {share:.1%} of this bare loop is {share * bare:.0f} mails/s "
           f"(processed here: {rate:.1f}, {rate / bare:.1%})")
+    budget = (os.cpu_count() or 1) / (share * bare) * 1000
+    print(f"the target's CPU budget: {os.cpu_count()} cores at {share * bare:.0f} mails/s give {budget:.1f} ms per mail; "
+          f"the relay and the clients took {outside:.1f} ms per mail here, which leaves {budget - outside:.1f} ms for "
+          f"intake serve (it used {cpu / len(mails) * 1000:.1f} ms; the bare loop {bare_cpu * 1000:.1f} ms, with no "
+          f"answer to render or deliver)")
 
 
 if __name__ == "__main__":

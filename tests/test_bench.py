@@ -25,7 +25,7 @@ def test_ingest_over_smtp_reports_rates_latency_and_ceilings() -> None:
     out = run_bench("bench/ingest.py", "--mails", "20", "--clients", "2", "--paced-mails", "20", "--rate", "50")
     for line in ("accepted:", "processed:", "delivered:", "intake serve:", "paced: 20 mails offered at 50/s",
                  "every mail was processed", "bare SMTP loop", "mail-parser parse", "bare durable SQLite commit",
-                 "target scaled to this machine"):
+                 "target scaled to this machine", "CPU per mail, same run: intake serve", "the target's CPU budget"):
         assert line in out, out
 
 
