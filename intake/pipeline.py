@@ -156,8 +156,12 @@ def process_together(services: Services, mails: Sequence[tuple[int, ParsedEmail 
     database failure (OperationalError) is re-raised: every mail of it stays `received`."""
     try:
         with unit_of_work(services.sessions) as session:
-            done = [_process_in(session, services, inbound_id, releasing, released_severity, parsed)
-                    for inbound_id, parsed in mails]
+            done = []
+            for n, (inbound_id, parsed) in enumerate(mails):
+                if n:   # the next mail reads what the ones before it wrote, as in a transaction of its own
+                    session.flush()
+                    session.expunge_all()
+                done.append(_process_in(session, services, inbound_id, releasing, released_severity, parsed))
             crash_point("before_process_commit")
     except OperationalError as exc:
         # The database is away, full or deadlocked: not the mail's fault, so no quarantine. The mail

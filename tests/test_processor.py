@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 
 from intake import pipeline as pipeline_module
 from intake import processor as processor_module
@@ -25,9 +25,11 @@ from intake.processing_process import PIPE_BYTES
 from intake.processor import Accepted, Processor
 from intake.service import build_services
 from intake.store import Envelope
-from models import InboundMail, InboundStatus, Ticket
+from models import Base, InboundMail, InboundStatus, Ticket
+from models.db import make_engine
 from tests.conftest import CaptureServer, RunningService, crlf, free_port, make_mail, write_config
 from tests.harness import Database, Serve, send_until_stored, wait_until
+from tests.test_staff import TRUSTED_AR
 
 ENVELOPE = Envelope("smtp", "support@example.com", "ann@acme.example", ("support@example.com",))
 
@@ -96,6 +98,75 @@ def test_small_mails_queued_behind_a_mail_share_its_transaction_in_arrival_order
     assert _statuses(services) == [InboundStatus.PROCESSED] * len(subjects)
     with services.sessions() as session:
         assert list(session.scalars(select(Ticket.subject).order_by(Ticket.id))) == subjects
+
+
+def _outcome_of_everything(services: Services) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row processing writes, by content (ids and times left out)."""
+    with services.sessions() as session:
+        connection = session.connection()
+        return {table: [tuple(row) for row in connection.execute(text(query))] for table, query in {
+            "inbound": "SELECT status, outcome, reason, ticket_id FROM inbound_mail ORDER BY id",
+            "tickets": "SELECT id, subject, status, severity, queue, requester, organization, first_response_due IS NULL, "
+                       "first_response_at IS NULL FROM tickets ORDER BY id",
+            "participants": "SELECT ticket_id, address, role FROM participants ORDER BY ticket_id, address",
+            "messages": "SELECT ticket_id, direction, kind, author, subject FROM messages ORDER BY ticket_id, id",
+            "events": "SELECT ticket_id, kind, actor FROM events ORDER BY ticket_id, id",
+            "outbox": "SELECT kind, ticket_id, recipient, recipients, subject FROM outbox ORDER BY id",
+        }.items()}
+
+
+def _emptied(url: str) -> None:
+    """Every table emptied and its ids started again at 1 (SQLite's next id is the largest plus one)."""
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        if url.startswith("postgresql"):
+            conn.execute(text(f"TRUNCATE {', '.join(t.name for t in Base.metadata.sorted_tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for table in reversed(Base.metadata.sorted_tables):
+                conn.execute(table.delete())
+    engine.dispose()
+
+
+def test_mails_processed_together_leave_what_they_leave_processed_one_by_one(
+        tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A case, replies to it from a Cc'd colleague and from someone new, a staff member adding a
+    participant and then writing to all, a second case, a mail with no tag and a robot's: the same
+    rows whether they share a transaction or each has its own."""
+    mails = [
+        make_mail("[SEV-3] First problem", cc="Bob <bob@acme.example>", message_id="<first@acme.example>"),
+        make_mail("Re: [SEV-3] First problem", sender="Bob <bob@acme.example>",
+                  headers={"In-Reply-To": "<first@acme.example>"}),
+        make_mail("Re: [SEV-1] First problem", sender="Dave <dave@acme.example>",
+                  headers={"In-Reply-To": "<first@acme.example>", "References": "<first@acme.example>"}),
+        make_mail("Re: First problem", sender="Alice <alice@example.com>", body="#cc carol@acme.example\nLooping in Carol.\n",
+                  headers={"In-Reply-To": "<first@acme.example>", "Authentication-Results": TRUSTED_AR}),
+        make_mail("Re: First problem", sender="Alice <alice@example.com>", body="Any news?\n",
+                  headers={"In-Reply-To": "<first@acme.example>", "Authentication-Results": TRUSTED_AR}),
+        make_mail("[SEV-2] Second problem"),
+        make_mail("no tag at all", sender="Eve <eve@acme.example>"),
+        make_mail("Out of office", sender="Bob <bob@acme.example>", headers={
+            "Auto-Submitted": "auto-replied", "In-Reply-To": "<first@acme.example>"}),
+    ]
+    outcomes = []
+    for batch in (processor_module.BATCH_MAILS, 1):
+        monkeypatch.setattr(processor_module, "BATCH_MAILS", batch)
+        _emptied(db_url)
+        services = build_services(load_config(write_config(tmp_path, db_url, 2525, 2526)))
+        try:
+            accepted = []
+            for raw in mails:
+                envelope = replace(ENVELOPE, sender=message_from_bytes(raw)["From"].split("<")[1].rstrip(">"))
+                accepted.append(Accepted(services, accept(services, raw, envelope), envelope, raw, time.monotonic()))
+            assert _run_queued(accepted) == (1 if batch > 1 else len(mails))
+            outcomes.append(_outcome_of_everything(services))
+        finally:
+            services.sessions.kw["bind"].dispose()
+    together, one_by_one = outcomes
+    assert together == one_by_one
+    assert len(together["tickets"]) == 2 and [row[1] for row in together["inbound"]] == [
+        "ticket", "reply", "reply", "reply", "reply", "ticket", "rejected", "reply"]
+    relayed = [row for row in together["outbox"] if row[0] == "staff_reply"]
+    assert len(relayed) == 2 and all("carol@acme.example" in str(row[3]) for row in relayed)
 
 
 def test_a_large_mail_and_a_mail_under_another_config_get_transactions_of_their_own(services: Services) -> None:
