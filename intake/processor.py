@@ -117,7 +117,7 @@ class Processor:
         if first is None:
             return [], True
         batch = [first]
-        while _small(batch[-1]) and len(batch) < BATCH_MAILS:
+        while _small(first) and len(batch) < BATCH_MAILS:
             try:
                 following = self._queue.get_nowait()
             except queue.Empty:
