@@ -145,6 +145,7 @@ class FairLock:
         for good; polled every 50-100 us instead, as before, the SMTP door spent ~0.3 ms of CPU per
         mail on the wakeups at full load: docs/performance.md.)"""
         if self._file is None:
+            assert self._shared_path is not None    # acquire() comes here only for a lock with a file
             self._file = os.open(self._shared_path, os.O_RDWR | os.O_CREAT, 0o600)
         with self._mutex:
             # Not while the locker thread still has a wait in hand, given up or not: on the same open

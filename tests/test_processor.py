@@ -171,7 +171,8 @@ def test_mails_processed_together_leave_what_they_leave_processed_one_by_one(
 
 def test_a_large_mail_and_a_mail_under_another_config_get_transactions_of_their_own(services: Services) -> None:
     small = _accept_all(services, ["[SEV-3] before", "[SEV-3] large", "[SEV-3] after", "[SEV-3] reloaded"])
-    large = replace(small[1], raw=small[1].raw + b"x" * processor_module.BATCH_MAIL_BYTES)   # as queued: only its length counts
+    padded = (small[1].raw or b"") + b"x" * processor_module.BATCH_MAIL_BYTES     # as queued: only its length counts
+    large = replace(small[1], raw=padded)
     reloaded = replace(small[3], services=replace(services))    # a reload between: another Services
     assert _run_queued([small[0], large, small[2], reloaded]) == 4
     assert _statuses(services) == [InboundStatus.PROCESSED] * 4
