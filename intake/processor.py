@@ -42,6 +42,7 @@ class Accepted:
     envelope: Envelope
     raw: bytes | None   # None: read back from the store; either way parsed before the transaction opens
     started: float      # time.monotonic() when the mail's DATA ended, for the latency metric
+    size: int | None = None     # the bytes' length when they were left to the store (RAW_KEPT_BYTES)
 
 
 class Processor:
@@ -67,7 +68,7 @@ class Processor:
         with self._kept_lock:
             keep = self._kept + size <= RAW_KEPT_BYTES
             self._kept += size if keep else 0
-        self._queue.put(accepted if keep else replace(accepted, raw=None))
+        self._queue.put(accepted if keep else replace(accepted, raw=None, size=size))
 
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -155,5 +156,9 @@ class Processor:
 
 def _small(accepted: Accepted) -> bool:
     """Whether a mail may share its transaction: every parsed mail of a batch is held until the
-    commit, so a large one goes alone (docs/performance.md, "Large mails held once")."""
-    return accepted.stored.duplicate or (accepted.raw is not None and len(accepted.raw) <= BATCH_MAIL_BYTES)
+    commit, so a large one goes alone (docs/performance.md, "Large mails held once"), and so does
+    one of unknown size (sent by the door without its bytes: over the pipe's limit)."""
+    if accepted.stored.duplicate:
+        return True
+    size = len(accepted.raw) if accepted.raw is not None else accepted.size
+    return size is not None and size <= BATCH_MAIL_BYTES

@@ -169,6 +169,14 @@ def test_mails_processed_together_leave_what_they_leave_processed_one_by_one(
     assert len(relayed) == 2 and all("carol@acme.example" in str(row[3]) for row in relayed)
 
 
+def test_mails_past_the_byte_budget_are_read_back_and_still_share_a_transaction(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    accepted_mails = _accept_all(services, [f"[SEV-3] backlog {n}" for n in range(6)])
+    monkeypatch.setattr(processor_module, "RAW_KEPT_BYTES", len(accepted_mails[0].raw or b""))
+    assert _run_queued(accepted_mails) == 1     # five of them without their bytes, their sizes known
+    assert _statuses(services) == [InboundStatus.PROCESSED] * 6
+
+
 def test_a_large_mail_and_a_mail_under_another_config_get_transactions_of_their_own(services: Services) -> None:
     small = _accept_all(services, ["[SEV-3] before", "[SEV-3] large", "[SEV-3] after", "[SEV-3] reloaded"])
     padded = (small[1].raw or b"") + b"x" * processor_module.BATCH_MAIL_BYTES     # as queued: only its length counts
