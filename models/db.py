@@ -240,11 +240,10 @@ class _Writer(sqlite3.Connection):
         """Durable when it returns, as with synchronous=FULL, but the write lock is handed on
         before the disk is waited for: the transaction goes into the WAL without a sync
         (synchronous=NORMAL), the lock is released, then the WAL file is fsynced. The next writer
-        no longer waits for this one's fsync (0.1 ms on an idle disk, more under load; four or
-        more commits per mail). What a reader
-        sees before the sync is never acted on outside before it is durable: a writer acts only
-        once its own commit returned, and a commit's sync covers every transaction before it in
-        the WAL (docs/reliability.md)."""
+        no longer waits for this one's fsync (0.1 ms on an idle disk, more under load; several
+        commits per mail). What a reader sees before the sync is never acted on outside before it
+        is durable: a writer acts only once its own commit returned, and a commit's sync covers
+        every transaction before it in the WAL (docs/reliability.md)."""
         try:
             super().commit()
         finally:

@@ -38,6 +38,8 @@ SHIPPED_CONFIG = ROOT / "config.toml"
 PG_ADMIN_URL = os.environ.get("INTAKE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 STAFF = {"alice@example.com", "bob@example.com"}
+# The trusted host's verdict on a staff member's genuine mail (the shipped config trusts mx.example.com)
+TRUSTED_AR = "mx.example.com; dkim=pass header.d=example.com header.s=s1; spf=pass smtp.mailfrom=alice@example.com"
 
 EXTRA_CONFIG = """
 [[organizations]]

@@ -27,9 +27,9 @@ from intake.service import build_services
 from intake.store import Envelope
 from models import Base, InboundMail, InboundStatus, Ticket
 from models.db import make_engine
-from tests.conftest import CaptureServer, RunningService, crlf, free_port, make_mail, write_config
+from tests.conftest import (TRUSTED_AR, CaptureServer, RunningService, crlf, free_port, make_mail,
+                            write_config)
 from tests.harness import Database, Serve, send_until_stored, wait_until
-from tests.test_staff import TRUSTED_AR
 
 ENVELOPE = Envelope("smtp", "support@example.com", "ann@acme.example", ("support@example.com",))
 

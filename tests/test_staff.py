@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import CaptureServer, RunningService, make_mail
+from tests.conftest import TRUSTED_AR, CaptureServer, RunningService, make_mail
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +119,6 @@ def _revoke_all(service: RunningService) -> None:
     assert code == 0 and "2 staff reply address(es) revoked" in out, out
 
 
-TRUSTED_AR = "mx.example.com; dkim=pass header.d=example.com header.s=s1; spf=pass smtp.mailfrom=alice@example.com"
 
 
 @pytest.mark.parametrize("attempt", [
