@@ -128,6 +128,8 @@ class ImapClientMailbox:
         with self._io():
             self._client.idle()
             try:
+                if self._read_ahead():
+                    return True
                 while not stopping.is_set() and (left := deadline - time.monotonic()) > 0:
                     timeout = min(STOP_CHECK_SECONDS, left)
                     started = time.monotonic()
@@ -143,6 +145,18 @@ class ImapClientMailbox:
             finally:
                 if not self._lost:
                     self._client.idle_done()
+
+    def _read_ahead(self) -> bool:
+        """Whether the server said more right behind IDLE's go-ahead. Mail delivered just before IDLE
+        began is announced there, in the same packet, and imaplib reads it into its buffer with the
+        go-ahead; idle_check watches the socket, not that buffer, so the mail would wait for the
+        server's next word (minutes). Anything found ends the wait (one more search, no harm)."""
+        sock = self._client.socket()
+        sock.setblocking(False)     # an empty buffer is not filled by waiting
+        try:
+            return bool(self._client._imap.file.peek(1))
+        finally:
+            sock.settimeout(IO_TIMEOUT_SECONDS)
 
     def close(self) -> None:
         """LOGOUT while the connection works; otherwise just drop the socket."""

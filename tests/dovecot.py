@@ -67,9 +67,6 @@ default_internal_user = {internal}
 default_login_user = {login}
 first_valid_uid = 1
 mail_location = maildir:{mail}/%u
-# During IDLE Dovecot hears of new mail from inotify, else from this check (30 s by default); once
-# a mail delivered just as the poller went into IDLE waited longer than a test's 10 s for it.
-mailbox_idle_check_interval = 1 secs
 {capability}passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {self.root}/passwd

@@ -357,3 +357,22 @@ def test_mail_announced_in_an_earlier_answer_ends_the_wait_at_once(
         assert time.monotonic() - started < 1
     finally:
         box.close()
+
+
+@pytest.mark.integration
+def test_mail_delivered_just_before_idle_begins_ends_the_wait_at_once(
+        tmp_path: Path, db_url: str, capture: CaptureServer, dovecot: Dovecot) -> None:
+    """Dovecot announces a mail that came between the last command and IDLE right behind IDLE's
+    go-ahead, which imaplib has read into its buffer by then: the wait must see it there."""
+    settings = load_config(imap_config(tmp_path, db_url, capture, dovecot)).mailboxes[0].imap
+    assert settings is not None
+    box = ImapClientMailbox(settings)
+    try:
+        box.wait(0.2, threading.Event())        # the count SELECT reported ends this one
+        dovecot.append(make_mail())
+        started = time.monotonic()
+        assert box.wait(5, threading.Event()) is True
+        assert time.monotonic() - started < 1
+        assert box.search(unseen_only=True) != []
+    finally:
+        box.close()
