@@ -19,6 +19,7 @@ from intake.screen import Screening
 from intake.timetable import NO_HISTORY, reschedule
 from models import Attachment, Direction, InboundMail, Message, Outcome, Participant, Ticket, TicketStatus
 from models.inserts import attach_loaded, insert_row
+from notifications.message import can_address
 from notifications.outbox import Outbox, Outgoing, may_answer
 from routing.severity import SeverityReading
 from routing.sla import Duration
@@ -103,6 +104,9 @@ def _acknowledge(session: Session, ctx: Context, ticket: Ticket, mail: ParsedEma
     if not inbound.auto_answer:
         add_event(session, ticket, "acknowledgment_suppressed", ctx.now, SYSTEM, {"reason": "imported"})
         return
+    if not can_address(ticket.requester):
+        add_event(session, ticket, "acknowledgment_suppressed", ctx.now, SYSTEM, {"reason": "address_not_writable"})
+        return
     if not may_answer(session, ticket.requester, ctx.now, ctx.config.auto_replies_per_hour):
         add_event(session, ticket, "acknowledgment_suppressed", ctx.now, SYSTEM, {"reason": "rate_limit"})
         return
@@ -161,6 +165,9 @@ def refuse(session: Session, ctx: Context, inbound: InboundMail, mail: ParsedEma
         return
     if not inbound.auto_answer:
         inbound.detail = f"{refusal.detail}; not answered (imported)"
+        return
+    if not can_address(mail.sender.email):
+        inbound.detail = f"{refusal.detail}; not answered (an address outgoing mail cannot carry)"
         return
     if not may_answer(session, mail.sender.email, ctx.now, ctx.config.auto_replies_per_hour):
         inbound.detail = f"{refusal.detail}; answer suppressed by the rate limit"

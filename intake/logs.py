@@ -23,7 +23,8 @@ from typing import Any, Iterable, Mapping
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 QUIET_LOGGERS = ("mail.log", "apscheduler", "sqlalchemy")   # per connection, job or statement: warnings only
-_ADDRESS = re.compile(r"(?<![\w.%+-])([A-Za-z0-9._%+-]+)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
+# Local parts and domains outside ASCII too (RFC 6531: `jörg@bücher.example`).
+_ADDRESS = re.compile(r"(?<![\w.%+-])([\w.%+-]+)@([\w-]+(?:\.[\w-]+)+)")
 _BARE = re.compile(r"[^\s\"'=\\]+")
 _NOT_ADDRESSES = frozenset({"message_id", "in_reply_to"})   # look like addresses, are identifiers
 

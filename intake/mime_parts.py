@@ -94,8 +94,11 @@ def leaves(message: Message, defects: list[str]) -> Iterator[Message]:
 
 
 def subparts(part: Message) -> list[Message]:
-    payload = part.get_payload()
-    return [child for child in payload if isinstance(child, Message)] if isinstance(payload, list) else []
+    """A multipart's parts. A leaf's payload is not asked for: for 8-bit text the stdlib decodes it
+    with the part's charset, and a charset name holding NUL raises ValueError there."""
+    if not part.is_multipart():
+        return []
+    return [child for child in part.get_payload() if isinstance(child, Message)]
 
 
 def _epilogue_parts(part: Message) -> list[Message]:

@@ -29,7 +29,7 @@ from email.headerregistry import Address, HeaderRegistry
 from email.utils import format_datetime, getaddresses
 from types import MappingProxyType
 
-__all__ = ["build_message", "header_text", "new_message_id"]
+__all__ = ["build_message", "can_address", "header_text", "new_message_id"]
 
 # C0, DEL, C1 and the Unicode separators that str.splitlines() treats as line breaks.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -165,6 +165,17 @@ def _mailbox(value: str, field: str) -> tuple[str, ...]:
     if not display_name:
         return (" " + spec,)
     return (*_phrase(display_name), f" <{spec}>")
+
+
+def can_address(value: str) -> bool:
+    """Whether ``value`` can stand in To or Cc of a mail built here. One that cannot (a local
+    part outside ASCII, RFC 6531, which needs SMTPUTF8 from end to end; control characters)
+    is left out of the mail rather than stopping it."""
+    try:
+        _mailbox(value, "To")
+    except ValueError:
+        return False
+    return True
 
 
 def _mailboxes(values: Sequence[str], field: str) -> list[str]:

@@ -5,7 +5,8 @@ unique dedupe key makes a retried step enqueue nothing twice.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Mapping
 
@@ -14,8 +15,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from models import Direction, Message, OutboxMail
-from notifications.message import build_message, new_message_id
+from notifications.message import build_message, can_address, new_message_id
 from notifications.render import Renderer
+
+log = logging.getLogger("intake.outbox")
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,8 @@ class Outbox:
         self.base_context = dict(base_context)
 
     def enqueue(self, session: Session, out: Outgoing, now: datetime) -> int | None:
-        """Render and store one mail; returns its row id, or None if this dedupe key was enqueued before.
+        """Render and store one mail; returns its row id, or None if this dedupe key was enqueued before
+        (or no To address can be written: `_addressable`).
 
         The row, and the copy on the case, are inserted at once on the session's connection, outside
         the ORM: nothing reads them back as objects, so they skip the flush's bookkeeping, and the
@@ -54,6 +58,9 @@ class Outbox:
         one statement, one round trip on PostgreSQL, at the price of rendering a mail that a retried
         step then drops. Received messages are inserted at once too (intake/apply.py), so the copy's
         id comes after theirs (a case's messages are read by id)."""
+        out = _addressable(out)
+        if not out.to:
+            return None
         connection = session.connection()
         rendered = self.renderer.render(out.kind, {**self.base_context, **out.context})
         message_id = new_message_id(self.domain)
@@ -75,6 +82,19 @@ class Outbox:
                 kind=out.kind, subject=rendered.subject, body_text=rendered.text, message_id=message_id.strip("<>"),
                 created_at=now))
         return int(inserted.id)
+
+
+def _addressable(out: Outgoing) -> Outgoing:
+    """`out` without the addresses outgoing mail cannot carry (`can_address`), logged. A mail whose
+    every To address is such is not sent at all: what caused it (a case, a rejection) stands."""
+    to, cc = tuple(filter(can_address, out.to)), tuple(filter(can_address, out.cc))
+    if len(to) + len(cc) == len(out.to) + len(out.cc):
+        return out
+    left_out = [address for address in (*out.to, *out.cc) if address not in to + cc]
+    log.warning("outbox.not_addressable", extra={"fields": {
+        "kind": out.kind, "ticket": out.ticket_id, "inbound": out.inbound_id, "left_out": left_out,
+        "sent": bool(to)}})
+    return replace(out, to=to, cc=cc)
 
 
 _OUTBOX = OutboxMail.__table__

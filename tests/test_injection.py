@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,28 @@ def test_attachment_names_with_path_separators_never_leave_their_folder(
     for name in names:
         assert "/" not in name and "\\" not in name and not name.startswith(".") and name.isprintable(), name
         assert (folder / name).resolve().parent == folder.resolve(), name
+
+
+def test_an_address_outgoing_mail_cannot_carry_leaves_the_mail_recorded_and_unanswered(
+        service: RunningService, capture: CaptureServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A local part outside ASCII (RFC 6531) cannot be written in the mail the service sends: the
+    case opens or the rejection is recorded, and only the answer to that address is left out."""
+    jorg = "Jörg <jörg@acme.example>".encode()
+    assert service.send(_raw(1, b"[SEV-3] Disk full", sender=jorg), sender="j@acme.example")[0] == 250
+    assert service.send(_raw(2, b"No tag here", sender=jorg), sender="j@acme.example")[0] == 250
+    assert service.send(_raw(3, b"[SEV-3] Colleagues copied", cc=b"J\xc3\xb6rg <j\xc3\xb6rg@acme.example>, dana@acme.example"),
+                        sender="customer3@acme.example")[0] == 250
+    [note_1, note_3] = capture.wait_for(2, staff=True)
+    [ack_3] = capture.wait_for(1)
+    time.sleep(0.5)                                      # nothing else on its way
+    assert len(capture.mails) == 1 and len(capture.staff_mails) == 2
+    assert ack_3.recipients == ["customer3@acme.example", "dana@acme.example"]
+    assert service.cli_json("quarantine", "list") == []
+    case = service.cli_json("tickets", "show", "CASE-1")
+    assert case["requester"] == "jörg@acme.example"
+    assert {"kind": "acknowledgment_suppressed", "reason": "address_not_writable"} in [
+        {"kind": e["kind"], "reason": (e["data"] or {}).get("reason")} for e in case["events"]]
+    [rejection] = service.cli_json("rejected", "list")
+    assert rejection["detail"].endswith("not answered (an address outgoing mail cannot carry)")
+    left_out = [r for r in caplog.records if r.getMessage() == "outbox.not_addressable"]
+    assert [r.fields["left_out"] for r in left_out] == [["jörg@acme.example"]]     # type: ignore[attr-defined]

@@ -66,6 +66,12 @@ def test_customer_addresses_are_redacted_at_info_and_ours_and_the_staffs_are_not
     assert "ann@acme.example" not in text.replace("message_id=ann@acme.example", "")
 
 
+def test_addresses_outside_ascii_are_redacted_too() -> None:
+    text = TextFormatter(Redactor(KNOWN)).format(record(
+        logging.WARNING, "outbox.not_addressable", left_out=["jörg@bücher.example", "ünal.k@acme.example"]))
+    assert "left_out=j***@bücher.example,ü***@acme.example" in text
+
+
 def test_debug_lines_and_a_disabled_redactor_keep_addresses_whole() -> None:
     assert "sender=ann@acme.example" in TextFormatter(Redactor(KNOWN)).format(
         record(logging.DEBUG, "x", sender="ann@acme.example"))

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from intake.html_text import html_to_text
 from intake.parse import (
     Address,
+    Limits,
     ParsedEmail,
     UnparseableMail,
     parse_mail,
@@ -234,6 +235,16 @@ def test_bogus_charset_label_still_decodes() -> None:
     parsed = mail("bogus-charset-x-unknown.eml")
     assert parsed.subject == "Café order"
     assert parsed.body_text == "Price: 10 €."
+
+
+def test_a_charset_name_holding_nul_on_an_8bit_part_is_no_parser_fault() -> None:
+    """The stdlib decodes a leaf's 8-bit payload with its charset when the payload is asked for,
+    and a NUL in the name raises ValueError there: the MIME walk asks only multiparts."""
+    for content_type in (b'text/plain; charset="utf\x00-8"',
+                         b'multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain; charset="utf\x00-8"'):
+        raw = (b"From: ann@acme.example\r\nSubject: [SEV-3] x\r\nContent-Type: " + content_type
+               + b"\r\nContent-Transfer-Encoding: 8bit\r\n\r\nCaf\xc3\xa9\r\n--b--\r\n")
+        assert "Caf" in parse_mail(raw, limits=Limits(max_mime_depth=5)).body_text
 
 
 def test_threading_headers_subject_folding_and_all_header_values() -> None:
