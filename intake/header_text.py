@@ -103,10 +103,11 @@ MAX_MESSAGE_ID = 255
 
 def message_ids(values: tuple[str, ...]) -> tuple[str, ...]:
     """The ids in Message-ID, In-Reply-To or References values: bracketed ones, else the bare words;
-    white space removed, capped, each once, in order."""
+    white space removed, capped, each once, in order. An id holding a control character is dropped:
+    no reply carries it back, and PostgreSQL cannot compare text holding NUL."""
     ids: list[str] = []
     for value in values:
         ids.extend(_MSGID.findall(value) or value.translate(_NO_BRACKETS).split())
     # capped like the store's dedupe key, so one id compares equal wherever it is kept
     cleaned = ("".join(found.split())[:MAX_MESSAGE_ID] for found in ids)
-    return tuple(dict.fromkeys(found for found in cleaned if found))
+    return tuple(dict.fromkeys(found for found in cleaned if found and found.isprintable()))

@@ -48,6 +48,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from email.errors import HeaderParseError
 from email.feedparser import BytesFeedParser
 from email.message import Message
 from email.parser import BytesParser
@@ -344,8 +345,18 @@ def _addresses(value: str | None, pairs: list[tuple[str, str]] | None = None) ->
     if not value:
         return ()
     if pairs is None:  # the same parser mail-parser uses (~0.1 ms per field, so not run twice)
-        pairs = get_addresses(value[:_MAX_ADDRESS_FIELD], decode_names=True)
+        pairs = _address_pairs(value[:_MAX_ADDRESS_FIELD])
     return tuple(Address("" if n == e else decode_words(n).strip(), e.lower()) for n, e in pairs if e)
+
+
+def _address_pairs(value: str) -> list[tuple[str, str]]:
+    """mail-parser's parse with the names decoded; a name whose encoded word it cannot decode (bad
+    base64) fails the whole field there (and mail-parser itself: the stdlib tree is then used), so
+    the field is parsed again with the names left to `decode_words`, which keeps such a word as is."""
+    try:
+        return get_addresses(value, decode_names=True)
+    except HeaderParseError:
+        return get_addresses(value, decode_names=False)
 
 
 def _sender(

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from intake.html_text import html_to_text
+from intake.header_text import message_ids
 from intake.parse import (
     Address,
     Limits,
@@ -245,6 +246,24 @@ def test_a_charset_name_holding_nul_on_an_8bit_part_is_no_parser_fault() -> None
         raw = (b"From: ann@acme.example\r\nSubject: [SEV-3] x\r\nContent-Type: " + content_type
                + b"\r\nContent-Transfer-Encoding: 8bit\r\n\r\nCaf\xc3\xa9\r\n--b--\r\n")
         assert "Caf" in parse_mail(raw, limits=Limits(max_mime_depth=5)).body_text
+
+
+def test_a_name_with_an_encoded_word_that_does_not_decode_keeps_its_address() -> None:
+    raw = (b"From: =?utf-8?b?QQQQQ?= <ann@acme.example>\r\nTo: =?utf-8?b?Q?= <bob@acme.example>, carl@acme.example\r\n"
+           b"Subject: [SEV-3] x\r\n\r\nhi\r\n")
+    parsed = parse_mail(raw)
+    assert parsed.sender == Address("=?utf-8?b?QQQQQ?=", "ann@acme.example")
+    assert [a.email for a in parsed.to] == ["bob@acme.example", "carl@acme.example"]
+
+
+def test_message_ids_holding_control_characters_are_dropped() -> None:
+    """No reply carries such an id back, and PostgreSQL cannot compare text holding NUL (a bounce's
+    attached original is read as it is; the top-level header fields lose their NULs first)."""
+    assert message_ids(("<a\x00b@acme.example> <ok@acme.example>", "<c\x7fd@acme.example>")) == ("ok@acme.example",)
+    raw = (b"From: ann@acme.example\r\nSubject: x\r\nMessage-ID: <a\x01b@acme.example>\r\n"
+           b"In-Reply-To: <c\x1bd@acme.example> <ok@acme.example>\r\n\r\nhi\r\n")
+    parsed = parse_mail(raw)
+    assert (parsed.message_id, parsed.in_reply_to) == (None, ("ok@acme.example",))
 
 
 def test_threading_headers_subject_folding_and_all_header_values() -> None:
