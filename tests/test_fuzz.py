@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 from email import message_from_bytes
+from email.message import Message as MailMessage
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from intake.pipeline import Services, ingest
 from intake.store import Envelope
-from models import Event, OutboxMail
+from models import Direction, Event, Message, OutboxMail, Ticket
 from tests.conftest import TRUSTED_AR, make_mail
 
 pytestmark = pytest.mark.integration
@@ -90,33 +91,66 @@ arguments = st.one_of(st.sampled_from(["", "1", "4", "9", "open", "pending", "cl
 
 
 @st.composite
-def staff_reply(draw: st.DrawFn, notification: bytes) -> bytes:
+def staff_reply(draw: st.DrawFn, notification: MailMessage) -> bytes:
     """alice's reply to her notification of a case: command lines, then text, the token address in To."""
-    parent = message_from_bytes(notification)
     lines = draw(st.lists(st.tuples(commands, arguments).map(" ".join), max_size=6))
     body = "\n".join(lines) + "\n\n" + draw(st.text(max_size=200)) + "\n\n> quoted\n"
-    return make_mail(subject=f"Re: {parent['Subject']}", sender="alice@example.com", to=str(parent["Reply-To"]),
-                     body=body, message_id=f"<reply-{draw(st.integers(0, 2**64))}@example.com>",
-                     headers={"In-Reply-To": str(parent["Message-ID"]), "Authentication-Results": TRUSTED_AR})
+    return make_mail(subject=f"Re: {notification['Subject']}", sender="alice@example.com",
+                     to=str(notification["Reply-To"]), body=body, message_id=_reply_id(draw),
+                     headers={"In-Reply-To": str(notification["Message-ID"]), "Authentication-Results": TRUSTED_AR})
 
 
-def _notification(services: Services) -> bytes:
-    """A case, and the raw notification of it that alice got (its Reply-To holds her token)."""
-    assert ingest(services, make_mail(subject="[SEV-3] A case for staff replies"), ENVELOPE).ticket_id
+@st.composite
+def customer_reply(draw: st.DrawFn, acknowledgment: MailMessage) -> bytes:
+    """A reply on the case's side: from the requester, a colleague, a stranger or an address outside
+    ASCII; to the case's reply address or the support address; the case's reference kept, changed or
+    gone, a tag or none; threaded or not; any body."""
+    sender = draw(st.sampled_from(["ann@acme.example", "carl@acme.example", "eve@elsewhere.example",
+                                   "jörg@acme.example"]))
+    ref = draw(st.sampled_from(["[CASE-1]", "[CASE-999]", "[case-1]", "CASE-1", "", "[CASE-1"]))
+    tag = draw(st.sampled_from(["", "[SEV-1]", "[SEV-9]", "[SEV-2][SEV-3]", "[sev 2]"]))
+    headers = {"In-Reply-To": draw(st.sampled_from([str(acknowledgment["Message-ID"]), "<nowhere@x>", "garbage"]))}
+    subject = f"Re: {ref} {tag} {draw(one_line_text)}"
+    to = draw(st.sampled_from([str(acknowledgment["Reply-To"]), "support@example.com"]))
+    return make_mail(subject=subject, sender=sender, to=to, body=draw(st.text(max_size=300)),
+                     message_id=_reply_id(draw), headers=headers)
+
+
+# make_mail refuses line breaks in a header (the built mails above carry them as raw bytes)
+one_line_text = st.text(st.characters(blacklist_characters="\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), max_size=60)
+
+
+def _reply_id(draw: st.DrawFn) -> str:
+    return f"<reply-{draw(st.integers(0, 2**64))}@fuzz.example>"
+
+
+def _case(services: Services) -> tuple[MailMessage, MailMessage]:
+    """A case; its acknowledgment and alice's notification of it (whose Reply-To holds her token)."""
+    assert ingest(services, make_mail(subject="[SEV-3] A case for replies", cc="carl@acme.example"), ENVELOPE).ticket_id
     with services.sessions() as session:
-        return next(row.raw for row in session.query(OutboxMail).filter_by(kind="staff_notification")
-                    if row.recipient == "alice@example.com")
+        rows = session.query(OutboxMail).all()
+    [ack] = [message_from_bytes(row.raw) for row in rows if row.kind == "acknowledgment"]
+    [note] = [message_from_bytes(row.raw) for row in rows
+              if row.kind == "staff_notification" and row.recipient == "alice@example.com"]
+    return ack, note
 
 
 def test_every_staff_reply_ends_with_an_outcome(services: Services) -> None:
-    notification = _notification(services)
-    replies = staff_reply(notification)
+    _, notification = _case(services)
     envelope = Envelope(door="smtp", mailbox="support@example.com", sender="alice@example.com",
-                        recipients=(str(message_from_bytes(notification)["Reply-To"]),))
-    _every_mail_ends_with_an_outcome(services, replies, envelope)
+                        recipients=(str(notification["Reply-To"]),))
+    _every_mail_ends_with_an_outcome(services, staff_reply(notification), envelope)
     with services.sessions() as session:     # the replies reached the staff path: commands applied, some refused
         assert session.query(Event).filter_by(actor="alice@example.com").count() > 0
         assert session.query(OutboxMail).filter_by(kind="command_error").count() > 0
+
+
+def test_every_customer_reply_ends_with_an_outcome(services: Services) -> None:
+    acknowledgment, _ = _case(services)
+    _every_mail_ends_with_an_outcome(services, customer_reply(acknowledgment), ENVELOPE)
+    with services.sessions() as session:     # replies were recorded on the case, and new cases opened
+        assert session.query(Message).filter_by(ticket_id=1, direction=Direction.IN).count() > 1
+        assert session.query(Ticket).count() > 1
 
 
 @pytest.mark.parametrize("strategy", [weird_mail(), mutated_corpus_mail()], ids=["built", "mutated-corpus"])
