@@ -419,11 +419,15 @@ class _Builder:
                 if level not in levels:
                     self.problem(s.name, "response", f"{key!r} is not a configured severity level")
                 response[level] = s.convert("response", text, Duration.parse)
-            clock = s.get("clock", dict, {})
-            for key, value in clock.items():
+            clock = {}
+            for key, value in s.get("clock", dict, {}).items():
+                level = s.convert("clock", key, int)
+                if level not in levels:
+                    self.problem(s.name, "clock", f"{key!r} is not a configured severity level")
                 if value not in ("24x7", "business"):
                     self.problem(s.name, "clock", f"{key} = {value!r}: expected \"24x7\" or \"business\"")
-            tiers[name] = Tier(name, response, {int(k): v for k, v in clock.items() if str(k).isdigit()},
+                clock[level] = value
+            tiers[name] = Tier(name, response, clock,
                                s.get("calendar", str, "business"), s.get("email_tickets", bool, True),
                                s.get("incidents_per_year", int, None), s.get("forum_url", str, ""))
             s.finish()

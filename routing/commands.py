@@ -11,6 +11,7 @@ from typing import Collection
 
 STATUSES = ("open", "pending", "resolved", "closed")
 _ADDRESS = re.compile(r"[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+")
+_LEVEL = re.compile(r"[0-9]{1,9}")
 HELP = ("#status open|pending|resolved|closed", "#pending", "#severity N", "#assign ADDRESS", "#take",
         "#queue NAME", "#note", "#close [reason]", "#reopen", "#cc ADDRESS", "#uncc ADDRESS")
 
@@ -85,7 +86,7 @@ def _status(argument: str, _: Vocabulary) -> str | None:
 
 def _severity(argument: str, vocabulary: Vocabulary) -> str | None:
     levels = sorted(vocabulary.levels)
-    if argument.isdigit() and int(argument) in levels:
+    if _LEVEL.fullmatch(argument) and int(argument) in levels:   # not isdigit(): "²" is a digit int() refuses
         return None
     return f"severity must be one of {', '.join(map(str, levels))}"
 

@@ -35,6 +35,9 @@ def test_each_command(line: str, command: Command) -> None:
     ("#status waiting", "status must be one of"),
     ("#severity 5", "severity must be one of 1, 2, 3, 4"),
     ("#sev high", "severity must be one of"),
+    ("#severity ²", "severity must be one of"),            # a digit to isdigit(), not to int()
+    ("#severity ٣", "severity must be one of"),            # a decimal digit int() reads: not in the grammar
+    ("#severity " + "1" * 5000, "severity must be one of"),   # past int()'s limit on digits
     ("#assign mallory@evil.example", "is not a staff member"),
     ("#queue nightshift", "queue must be one of"),
     ("#frobnicate", "unknown command #frobnicate"),

@@ -214,3 +214,16 @@ def test_processing_processes_out_of_range(tmp_path: Path) -> None:
         load_config(path)
     assert any("[database] processing_processes: 17: expected 0" in problem for problem in caught.value.problems), \
         caught.value.problems
+
+
+def test_a_clock_key_that_is_not_a_configured_level_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    text = rules_config_text(routing=ROUTING)
+    shipped = 'clock = { 1 = "24x7",'
+    assert shipped in text
+    path.write_text(text.replace(shipped, 'clock = { "²" = "24x7", 9 = "business", 1 = "24x7",', 1))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    problems = caught.value.problems
+    assert any("clock" in p and "invalid literal for int()" in p and "'²'" in p for p in problems), problems
+    assert any("clock" in p and "'9' is not a configured severity level" in p for p in problems), problems
