@@ -185,6 +185,22 @@ def test_unknown_recipient_is_refused_at_rcpt(service: RunningService) -> None:
     assert code == 550
 
 
+def test_a_sender_outside_ascii_is_taken_over_smtputf8(service: RunningService, capture: CaptureServer) -> None:
+    """RFC 6531: a relay hands such mail on only to a server that offers SMTPUTF8, else it bounces
+    it (aiosmtpd's Controller offers it unless told not to)."""
+    import smtplib
+    raw = ("From: Jörg <jörg@acme.example>\r\nTo: support@example.com\r\nSubject: [SEV-3] Umlaute\r\n"
+           "Message-ID: <utf8-1@acme.example>\r\n\r\nGrüße\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", service.port, timeout=10) as smtp:
+        smtp.ehlo()
+        assert smtp.has_extn("smtputf8")
+        assert smtp.sendmail("jörg@acme.example", ["support@example.com"], raw, mail_options=["SMTPUTF8"]) == {}
+    assert service.processor.wait_idle()
+    case = service.cli_json("tickets", "show", "CASE-1")
+    assert case["requester"] == "jörg@acme.example" and case["subject"] == "[SEV-3] Umlaute"
+    assert capture.wait_for(1, staff=True)
+
+
 @pytest.mark.parametrize(("subject", "severity"), [
     ("SEV-1 db down", 1), ("SEV1 db down", 1), ("sev 2 lag", 2), ("Severity 3 slow", 3),
     ("Severity level 4 typo", 4), ("severity: 2 lag", 2), ("SEVERITY-LEVEL-1 down", 1), ("Sev#2 lag", 2),
