@@ -8,9 +8,11 @@ spaces. Addresses and message ids are validated rather than repaired.
 The wire format is written directly rather than through ``EmailMessage`` and the header
 registry, which cost milliseconds per mail on the acknowledgment path. Text that is not
 plain ASCII, or that holds ``=?``, goes out as RFC 2047 encoded words, so a reader's
-decoding gives back exactly the cleaned text. As a last guard, the header block is
-checked line by line: it must hold exactly the headers that were set, in printable
-ASCII, with every other line a continuation.
+decoding gives back exactly the cleaned text. An address whose local part is outside
+ASCII (RFC 6531) is written as UTF-8, as RFC 6532 allows, and such a mail needs a relay
+that offers SMTPUTF8 (notifications/sender.py). As a last guard, the header block is
+checked line by line: it must hold exactly the headers that were set, printable, in
+ASCII but for such addresses, with every other line a continuation.
 """
 
 from __future__ import annotations
@@ -39,11 +41,14 @@ _ADDR_SPEC = re.compile(r"[!-~]+\Z")
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOT_ATOM = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*\Z")
 _ATOMS = re.compile(rf"{_ATEXT}(?: {_ATEXT})*\Z")  # a phrase that needs no quoting
+_UTF8_ATEXT = r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])+"  # RFC 6532 3.2: atext =/ UTF8-non-ascii
+_UTF8_DOT_ATOM = re.compile(rf"{_UTF8_ATEXT}(?:\.{_UTF8_ATEXT})*\Z")
+_ADDRESS_FIELDS = frozenset({"From", "To", "Cc", "Reply-To"})   # the only fields that may hold UTF-8
 _MSG_ID_CORE = re.compile(r"[!-;=?-~]+\Z")  # printable ASCII without < and >
 _FIELD_NAME = re.compile(r"[!-9;-~]+\Z")  # RFC 5322 ftext
 _WORD = re.compile(r" +[^ ]+")  # a word with the white space before it
-_HEADER_LINE = re.compile(r"([!-9;-~]+):[ -~]*\Z")
-_CONTINUATION = re.compile(r" +[!-~][ -~]*\Z")
+_HEADER_LINE = re.compile(r"([!-9;-~]+):.*\Z")     # and printable (_verify_header_block)
+_CONTINUATION = re.compile(r" +[^ ].*\Z")
 _NOT_7BIT = re.compile(rb"[^\t\r\n -~]")
 _MAX_MSG_ID = 250
 _FOLD_AT = 78  # RFC 5322 2.1.1: lines SHOULD stay within 78 characters ...
@@ -158,9 +163,14 @@ def _mailbox(value: str, field: str) -> tuple[str, ...]:
     if not (at and local and domain):
         raise ValueError(f"{field}: not an email address: {value!r}")
     domain = _ascii_domain(domain, field)
-    if not _ADDR_SPEC.match(local):
+    if local.isascii():
+        if not _ADDR_SPEC.match(local):
+            raise ValueError(f"{field}: unsupported characters in address {value!r}")
+        spec = _addr_spec(local, domain, value, field)
+    elif local.isprintable() and _UTF8_DOT_ATOM.match(local):
+        spec = f"{local}@{domain}"
+    else:
         raise ValueError(f"{field}: unsupported characters in address {value!r}")
-    spec = _addr_spec(local, domain, value, field)
     display_name = header_text(name)
     if not display_name:
         return (" " + spec,)
@@ -168,9 +178,9 @@ def _mailbox(value: str, field: str) -> tuple[str, ...]:
 
 
 def can_address(value: str) -> bool:
-    """Whether ``value`` can stand in To or Cc of a mail built here. One that cannot (a local
-    part outside ASCII, RFC 6531, which needs SMTPUTF8 from end to end; control characters)
-    is left out of the mail rather than stopping it."""
+    """Whether ``value`` can stand in To or Cc of a mail built here. One that cannot (control
+    characters; a local part outside ASCII that is not a plain dot-atom) is left out of the mail
+    rather than stopping it."""
     try:
         _mailbox(value, "To")
     except ValueError:
@@ -343,22 +353,26 @@ def _field(name: str, words: Sequence[str]) -> tuple[str, str]:
 def _assemble(fields: list[tuple[str, str]], body: bytes) -> bytes:
     header = "\r\n".join(text for _, text in fields)
     _verify_header_block([name for name, _ in fields], header)
-    return header.encode("ascii") + b"\r\n\r\n" + body
+    return header.encode("utf-8") + b"\r\n\r\n" + body
 
 
 def _verify_header_block(names: list[str], header: str) -> None:
     """The header block must hold exactly the headers that were set, and nothing a reader
-    could take for another header or for the end of the block."""
+    could take for another header or for the end of the block: every line printable (no
+    control character, no U+0085 or U+2028), in ASCII but in an address field."""
     found: list[str] = []
     for line in header.split("\r\n"):
         if len(line) > _MAX_LINE:
             raise ValueError("generated header line is too long; refusing to send")
         if found and _CONTINUATION.match(line):
-            continue
-        match = _HEADER_LINE.match(line)
-        if match is None:
+            field = found[-1]
+        elif (match := _HEADER_LINE.match(line)) is not None:
+            field = match[1]
+            found.append(field)
+        else:
             raise ValueError("generated header block is malformed; refusing to send")
-        found.append(match[1])
+        if not line.isprintable() or not (line.isascii() or field in _ADDRESS_FIELDS):
+            raise ValueError("generated header block is malformed; refusing to send")
     if found != names:
         raise ValueError("generated headers differ from the headers set; refusing to send")
 

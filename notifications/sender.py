@@ -51,9 +51,14 @@ class SmtpSender:
                 smtp.close()
 
     def _send(self, sender: str, recipients: Sequence[str], raw: bytes) -> None:
+        # An address outside ASCII (RFC 6531; in the headers too, notifications/message.py) needs SMTPUTF8.
+        options = [] if sender.isascii() and all(r.isascii() for r in recipients) else ["SMTPUTF8"]
         try:
             smtp = self._connection()
-            smtp.sendmail(sender, list(recipients), raw)    # recipients it reports refused are not retried
+            smtp.sendmail(sender, list(recipients), raw, mail_options=options)  # refused recipients: not retried
+        except smtplib.SMTPNotSupportedError:
+            self._drop()
+            raise PermanentFailure("the relay does not offer SMTPUTF8, which an address outside ASCII needs") from None
         except smtplib.SMTPRecipientsRefused as exc:
             self._drop()
             raise _classify(exc.recipients.values()) from None
@@ -64,6 +69,9 @@ class SmtpSender:
         except (OSError, socket.timeout, smtplib.SMTPException) as exc:
             self._drop()
             raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:    # this mail's own fault, whatever it is: it fails, the queue goes on
+            self._drop()            # (the session may be mid-transaction)
+            raise PermanentFailure(f"{type(exc).__name__}: {exc}") from exc
 
     def _connection(self) -> smtplib.SMTP:
         smtp: smtplib.SMTP | None = getattr(self._local, "smtp", None)

@@ -163,8 +163,9 @@ class CaptureServer:
     def staff_mails(self) -> list[Captured]:
         return [m for m in self.handler.mails if set(m.recipients) <= STAFF]
 
-    def start(self) -> None:
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, decode_data=False)
+    def start(self, smtputf8: bool = True) -> None:
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, decode_data=False,
+                                     enable_SMTPUTF8=smtputf8)
         self.controller.start()
 
     def stop(self) -> None:

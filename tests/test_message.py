@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notifications.message import build_message, header_text, new_message_id
+from notifications.message import _verify_header_block, build_message, header_text, new_message_id
 
 FROM = "Example Support <support@example.com>"
 MSG_ID = "<abc123.1795310278@example.com>"
@@ -116,6 +116,37 @@ def test_internationalised_domain_becomes_idna() -> None:
     message = parse(build(to=["kund@bücher.example"]))
 
     assert message["To"].addresses[0].addr_spec == "kund@xn--bcher-kva.example"
+
+
+def test_a_local_part_outside_ascii_is_written_as_utf8_and_nothing_else_is() -> None:
+    """RFC 6532: such an address stands in the header as UTF-8 (the relay must offer SMTPUTF8);
+    the subject and display names stay encoded words, and the domain IDNA."""
+    raw = build(subject="Grüße", to=["Jörg Müller <jörg.müller@bücher.example>"], cc=["zoë@customer.example"])
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("utf-8")
+    message = email.message_from_string(raw.decode("utf-8"), policy=policy.default)
+
+    assert "To: =?utf-8?b?" in head and " <jörg.müller@xn--bcher-kva.example>" in head
+    assert "Cc: zoë@customer.example" in head
+    assert [line for line in head.split("\r\n") if not line.isascii()] == [
+        line for line in head.split("\r\n") if line.startswith(("To:", "Cc:"))]
+    assert message["To"].addresses[0].addr_spec == "jörg.müller@xn--bcher-kva.example"
+    assert message["Subject"] == "Grüße"
+
+
+@pytest.mark.parametrize(("names", "header", "passes"), [
+    (["To"], "To: jörg@acme.example", True),
+    (["To"], "To: a@acme.example,\r\n jörg@acme.example", True),      # a continuation of an address field
+    (["Subject"], "Subject: Grüße", False),                              # text goes as encoded words
+    (["Subject", "To"], "Subject: x\r\n Grüße\r\nTo: a@acme.example", False),
+    (["To"], "To: jörg\u2028@acme.example", False),
+    (["To"], "To: jörg\x85@acme.example", False),
+])
+def test_the_header_guard_allows_utf8_in_addresses_only(names: list[str], header: str, passes: bool) -> None:
+    if passes:
+        _verify_header_block(names, header)
+    else:
+        with pytest.raises(ValueError):
+            _verify_header_block(names, header)
 
 
 def test_long_subject_is_folded_within_limits() -> None:
@@ -246,7 +277,9 @@ def test_extra_headers_cannot_replace_managed_or_invalid_names(name: str) -> Non
         "",
         "a@x.example, b@x.example",
         "dana smith@customer.example",
-        "zoë@customer.example",
+        '"zo ë"@customer.example',          # outside ASCII, only as a plain dot-atom
+        "zoë\x85@customer.example",
+        "zoë\u00a0x@customer.example",
     ],
 )
 @pytest.mark.parametrize("field", ["from_addr", "to", "cc", "reply_to"])

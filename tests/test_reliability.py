@@ -42,6 +42,26 @@ def test_relay_outage_delays_acknowledgments_and_loses_none(service: RunningServ
     assert len(service.cli_json("outbox", "list", "--status", "sent")) == 6
 
 
+def test_a_relay_without_smtputf8_fails_only_the_mail_that_needs_it(service: RunningService,
+                                                                    capture: CaptureServer) -> None:
+    """Mail to an address outside ASCII needs SMTPUTF8: refused by the relay, that one mail fails
+    (`intake outbox retry` sends it once the relay offers it) and the queue goes on."""
+    capture.stop()
+    capture.start(smtputf8=False)
+    raw = ("From: Jörg <jörg@acme.example>\r\nTo: support@example.com\r\nSubject: [SEV-3] Umlaute\r\n"
+           "Message-ID: <utf8-relay@acme.example>\r\n\r\nGrüße\r\n").encode()
+    assert service.send(raw, sender="j@acme.example")[0] == 250
+    assert service.send(make_mail(subject="[SEV-3] plain"))[0] == 250
+    [ann] = capture.wait_for(1)
+    assert ann.recipients == ["ann@acme.example"] and len(capture.wait_for(2, staff=True)) == 2
+    [failed] = service.cli_json("outbox", "list", "--status", "failed")
+    assert failed["recipients"] == ["jörg@acme.example"] and "SMTPUTF8" in failed["last_error"]
+    capture.stop()
+    capture.start()
+    assert service.cli("outbox", "retry")[0] == 0
+    assert [m.recipients for m in capture.wait_for(2)][1] == ["jörg@acme.example"]
+
+
 def test_a_backlog_is_delivered_in_back_to_back_passes(start_service, capture: CaptureServer,  # type: ignore[no-untyped-def]
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A pass that leased a full batch is followed at once by the next: the pause that gathers
