@@ -3,19 +3,23 @@ outcome (a case, a reply, a rejection, a hold, a bounce), never an escaped excep
 never a quarantine caused by our own code."""
 from __future__ import annotations
 
+import logging
 import os
 import random
+import socket
+from collections.abc import Callable
 from email import message_from_bytes
 from email.message import Message as MailMessage
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
+from sqlalchemy import select
 
 from intake.pipeline import Services, ingest
 from intake.store import Envelope
-from models import Direction, Event, Message, OutboxMail, Ticket
-from tests.conftest import TRUSTED_AR, make_mail
+from models import Direction, Event, InboundMail, Message, OutboxMail, Ticket
+from tests.conftest import TRUSTED_AR, RunningService, make_mail
 
 pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("INTAKE_FUZZ_EXAMPLES", "300"))
@@ -164,3 +168,60 @@ def _every_mail_ends_with_an_outcome(services: Services, mails: st.SearchStrateg
         result = ingest(services, raw, envelope)
         assert result.duplicate or result.outcome is not None, result
     check()
+
+
+# SMTP sessions from a hostile or broken client: commands in any order, arguments too long or 8-bit,
+# garbage lines, line ends of any kind, DATA cut off or never ended.
+smtp_lines = st.one_of(
+    st.sampled_from([b"EHLO x", b"HELO x", b"EHLO", b"MAIL FROM:<ann@acme.example>", b"MAIL FROM:<>",
+                     b"MAIL FROM:<j\xc3\xb6rg@acme.example> SMTPUTF8", b"MAIL FROM:<a@b> SIZE=99999999999",
+                     b"MAIL FROM:<a@b> BODY=BINARYMIME", b"RCPT TO:<support@example.com>",
+                     b"RCPT TO:<support+s0123@example.com>", b"RCPT TO:<nobody@elsewhere.example>",
+                     b"RCPT TO:<\xff@example.com>", b"DATA", b"RSET", b"NOOP", b"VRFY ann", b"EXPN x",
+                     b"STARTTLS", b"AUTH PLAIN AGFubgBwdw==", b"BDAT 10 LAST", b"HELP", b".", b"",
+                     b"MAIL FROM:<" + b"a" * 3000 + b"@acme.example>", b"X" * 120_000]),
+    st.binary(max_size=200))
+line_ends = st.sampled_from([b"\r\n", b"\n", b"\r", b"\r\r\n"])
+
+
+ENVELOPE_LINES = [b"EHLO x", b"MAIL FROM:<ann@acme.example>", b"RCPT TO:<support@example.com>", b"DATA"]
+
+
+@st.composite
+def smtp_session(draw: st.DrawFn) -> bytes:
+    """Random lines; or a valid envelope, then a mail of random lines ended with "." or not, then more."""
+    end = draw(line_ends)
+    lines = draw(st.lists(smtp_lines, max_size=14))
+    if draw(st.booleans()):
+        body = draw(st.lists(st.one_of(st.binary(max_size=200), st.sampled_from([b"Subject: [SEV-3] x", b"..", b""])),
+                             max_size=10))
+        lines = ENVELOPE_LINES + body + draw(st.sampled_from([[b"."], []])) + lines
+    return b"".join(line + end for line in lines)
+
+
+def test_every_smtp_session_leaves_the_listener_serving(start_service: Callable[..., RunningService],
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    service = start_service()
+
+    @settings(max_examples=max(EXAMPLES // 3, 50), deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(smtp_session())
+    def check(stream: bytes) -> None:
+        with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
+            try:
+                sock.sendall(stream)
+                sock.shutdown(socket.SHUT_WR)   # the client is done: the session ends at the end of its bytes
+                while sock.recv(65536):         # the answers, until the listener closes
+                    pass
+            except (TimeoutError, ConnectionError):
+                pass
+        assert service.send(make_mail(subject="[SEV-3] After a broken session"))[0] == 250
+
+    check()
+    assert service.processor.wait_idle()
+    assert service.cli_json("quarantine", "list") == []
+    with service.services.sessions() as session:    # mails from the sessions themselves were stored too
+        subjects = session.scalars(select(InboundMail.subject)).all()
+        assert len([s for s in subjects if s != "[SEV-3] After a broken session"]) > 0
+    faults = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not faults, [r.getMessage() for r in faults]
