@@ -16,11 +16,11 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Callable, cast
 
-from sqlalchemy import Connection, Engine, Table, bindparam, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import OutboxMail, OutboxStatus
+from models import Event, OutboxMail, OutboxStatus
 from notifications.sender import PermanentFailure, Sender, TemporaryFailure
 
 log = logging.getLogger("intake.delivery")
@@ -76,6 +76,7 @@ _CLAIM_DUE = (update(_OUTBOX).where(_OUTBOX.c.id == _DUE_CTE.c.id).values(_TAKE_
 _CLAIM_IDS = (update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True))).values(_TAKE_LEASE)
               .returning(*_CLAIMED))
 _RECORD = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id"))    # SET: the other keys of each result
+_INSERT_EVENT = insert(cast(Table, Event.__table__))
 
 
 def claim_due(conn: Connection, now: datetime, limit: int = CLAIM_BATCH) -> list[Claimed]:
@@ -118,7 +119,7 @@ def deliver_due(sessions: sessionmaker[Session], sender: Sender, clock: Callable
                                                              retry_in=f"{delay.total_seconds():g}s", error=str(exc)))
                     continue
                 except PermanentFailure as exc:
-                    outcomes.add(row.id, OutboxStatus.FAILED, clock(), str(exc))
+                    outcomes.add(row.id, OutboxStatus.FAILED, clock(), str(exc), _failure_event(row, clock(), str(exc)))
                     log.error("outbox.failed", extra=_facts(row, attempts=row.attempts, error=str(exc)))
                     continue
                 crash("after_relay_accepted")
@@ -134,6 +135,15 @@ def deliver_due(sessions: sessionmaker[Session], sender: Sender, clock: Callable
                 outcomes.waiting = []
                 raise
     return outcomes.report()
+
+
+def _failure_event(row: Claimed, now: datetime, error: str) -> dict[str, Any] | None:
+    """A `delivery_failed` event on the mail's case, written with the row's status: staff reading the
+    case see that this mail did not go out (its copy among the case's messages does not say so)."""
+    if row.ticket_id is None:
+        return None
+    return {"ticket_id": row.ticket_id, "kind": "delivery_failed", "at": now, "actor": "system",
+            "data": {"outbox": row.id, "mail": row.kind, "to": list(row.recipients), "error": error}}
 
 
 def _facts(row: Claimed, **more: object) -> dict[str, Any]:
@@ -156,9 +166,11 @@ class _Outcomes:
         self.waiting: list[dict[str, Any]] = []
         self.counts = dict.fromkeys(OutboxStatus, 0)
 
-    def add(self, row_id: int, status: OutboxStatus, when: datetime, error: str | None) -> None:
+    def add(self, row_id: int, status: OutboxStatus, when: datetime, error: str | None,
+            event: dict[str, Any] | None = None) -> None:
         self.waiting.append({"row_id": row_id, "status": status, "last_error": error,
-                             "sent_at" if status is OutboxStatus.SENT else "next_attempt_at": when})
+                             "sent_at" if status is OutboxStatus.SENT else "next_attempt_at": when,
+                             "event": event})
         self.counts[status] += 1
         self.write()
 
@@ -175,7 +187,9 @@ class _Outcomes:
     def _write(self) -> None:
         with self.conn.begin():
             for result in self.waiting:
-                self.conn.execute(_RECORD, result)
+                self.conn.execute(_RECORD, {key: value for key, value in result.items() if key != "event"})
+                if result["event"] is not None:
+                    self.conn.execute(_INSERT_EVENT, result["event"])
 
     def report(self) -> DeliveryReport:
         return DeliveryReport(self.counts[OutboxStatus.SENT], self.counts[OutboxStatus.PENDING],

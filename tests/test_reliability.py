@@ -45,7 +45,7 @@ def test_relay_outage_delays_acknowledgments_and_loses_none(service: RunningServ
 def test_a_relay_without_smtputf8_fails_only_the_mail_that_needs_it(service: RunningService,
                                                                     capture: CaptureServer) -> None:
     """Mail to an address outside ASCII needs SMTPUTF8: refused by the relay, that one mail fails
-    (`intake outbox retry` sends it once the relay offers it) and the queue goes on."""
+    (shown on its case; `intake outbox retry` sends it once the relay offers it) and the queue goes on."""
     capture.stop()
     capture.start(smtputf8=False)
     raw = ("From: Jörg <jörg@acme.example>\r\nTo: support@example.com\r\nSubject: [SEV-3] Umlaute\r\n"
@@ -56,6 +56,9 @@ def test_a_relay_without_smtputf8_fails_only_the_mail_that_needs_it(service: Run
     assert ann.recipients == ["ann@acme.example"] and len(capture.wait_for(2, staff=True)) == 2
     [failed] = service.cli_json("outbox", "list", "--status", "failed")
     assert failed["recipients"] == ["jörg@acme.example"] and "SMTPUTF8" in failed["last_error"]
+    [event] = [e for e in service.cli_json("tickets", "show", "CASE-1")["events"] if e["kind"] == "delivery_failed"]
+    assert event["data"]["mail"] == "acknowledgment" and event["data"]["to"] == ["jörg@acme.example"]
+    assert event["data"]["outbox"] == failed["id"] and "SMTPUTF8" in event["data"]["error"]
     capture.stop()
     capture.start()
     assert service.cli("outbox", "retry")[0] == 0
