@@ -13,7 +13,7 @@ from email.message import Message as MailMessage
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 from sqlalchemy import select
 
 from intake.pipeline import Services, ingest
@@ -189,14 +189,15 @@ ENVELOPE_LINES = [b"EHLO x", b"MAIL FROM:<ann@acme.example>", b"RCPT TO:<support
 
 @st.composite
 def smtp_session(draw: st.DrawFn) -> bytes:
-    """Random lines; or a valid envelope, then a mail of random lines ended with "." or not, then more."""
+    """Random lines with any line end; or first a valid envelope and a mail of random lines (CRLF, as a
+    mail's end needs), ended with "." or cut off."""
     end = draw(line_ends)
-    lines = draw(st.lists(smtp_lines, max_size=14))
-    if draw(st.booleans()):
-        body = draw(st.lists(st.one_of(st.binary(max_size=200), st.sampled_from([b"Subject: [SEV-3] x", b"..", b""])),
-                             max_size=10))
-        lines = ENVELOPE_LINES + body + draw(st.sampled_from([[b"."], []])) + lines
-    return b"".join(line + end for line in lines)
+    tail = b"".join(line + end for line in draw(st.lists(smtp_lines, max_size=14)))
+    if not draw(st.booleans()):
+        return tail
+    body = draw(st.lists(st.one_of(st.binary(max_size=200), st.sampled_from([b"Subject: [SEV-3] x", b"..", b""])),
+                         max_size=10))
+    return b"".join(line + b"\r\n" for line in ENVELOPE_LINES + body + draw(st.sampled_from([[b"."], []]))) + tail
 
 
 def test_every_smtp_session_leaves_the_listener_serving(start_service: Callable[..., RunningService],
@@ -206,6 +207,7 @@ def test_every_smtp_session_leaves_the_listener_serving(start_service: Callable[
     @settings(max_examples=max(EXAMPLES // 3, 50), deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(smtp_session())
+    @example(b"".join(line + b"\r\n" for line in [*ENVELOPE_LINES, b"Subject: [SEV-3] x", b"", b"body", b"."]))
     def check(stream: bytes) -> None:
         with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
             try:
@@ -220,7 +222,7 @@ def test_every_smtp_session_leaves_the_listener_serving(start_service: Callable[
     check()
     assert service.processor.wait_idle()
     assert service.cli_json("quarantine", "list") == []
-    with service.services.sessions() as session:    # mails from the sessions themselves were stored too
+    with service.services.sessions() as session:    # the sessions' own mails were stored (the example's at least)
         subjects = session.scalars(select(InboundMail.subject)).all()
         assert len([s for s in subjects if s != "[SEV-3] After a broken session"]) > 0
     faults = [r for r in caplog.records if r.levelno >= logging.ERROR]
