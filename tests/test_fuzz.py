@@ -1,6 +1,6 @@
-"""Hostile and broken mail: whatever the bytes, the pipeline ends every stored mail with an
-outcome (a case, a reply, a rejection, a hold, a bounce), never an escaped exception and
-never a quarantine caused by our own code."""
+"""Hostile and broken mail and SMTP sessions: whatever the bytes, the pipeline ends every stored
+mail with an outcome (a case, a reply, a rejection, a hold, a bounce), never an escaped exception
+and never a quarantine caused by our own code, and the listener keeps serving (docs/reliability.md)."""
 from __future__ import annotations
 
 import logging
