@@ -6,6 +6,8 @@ The only module that imports imapclient. Its errors become three kinds the polle
 """
 from __future__ import annotations
 
+import io
+import socket
 import ssl
 import threading
 import time
@@ -44,6 +46,18 @@ class Mailbox(Protocol):
     def flag_seen(self, uids: Sequence[int]) -> None: ...
     def wait(self, seconds: float, stopping: threading.Event) -> bool: ...
     def close(self) -> None: ...
+
+
+def read_ahead(sock: socket.socket, reader: io.BufferedReader) -> bool:
+    """Whether `reader` (the socket's buffered reader) holds or can read bytes at once, without
+    waiting. On TLS an empty socket says so with SSLWantReadError, not as a plain socket does."""
+    sock.setblocking(False)     # an empty buffer is not filled by waiting
+    try:
+        return bool(reader.peek(1))
+    except ssl.SSLWantReadError:
+        return False
+    finally:
+        sock.settimeout(IO_TIMEOUT_SECONDS)
 
 
 class ImapClientMailbox:
@@ -151,12 +165,7 @@ class ImapClientMailbox:
         began is announced there, in the same packet, and imaplib reads it into its buffer with the
         go-ahead; idle_check watches the socket, not that buffer, so the mail would wait for the
         server's next word (minutes). Anything found ends the wait (one more search, no harm)."""
-        sock = self._client.socket()
-        sock.setblocking(False)     # an empty buffer is not filled by waiting
-        try:
-            return bool(self._client._imap.file.peek(1))
-        finally:
-            sock.settimeout(IO_TIMEOUT_SECONDS)
+        return read_ahead(self._client.socket(), self._client._imap.file)
 
     def close(self) -> None:
         """LOGOUT while the connection works; otherwise just drop the socket."""

@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import re
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -19,7 +21,7 @@ from imapclient import SEEN
 from sqlalchemy import func, select
 
 from intake.config import ConfigError, load_config
-from intake.imap_mailbox import ImapClientMailbox
+from intake.imap_mailbox import IO_TIMEOUT_SECONDS, ImapClientMailbox, read_ahead
 from intake.imap_poller import Backoff, start_pollers
 from intake.service import build_services
 from models import InboundMail, OutboxMail, Outcome
@@ -376,3 +378,38 @@ def test_mail_delivered_just_before_idle_begins_ends_the_wait_at_once(
         assert box.search(unseen_only=True) != []
     finally:
         box.close()
+
+
+TLS = Path(__file__).parent / "tls"     # a self-signed certificate for localhost, for tests only
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_reading_ahead_finds_what_came_with_the_go_ahead_and_never_waits(tls: bool) -> None:
+    """The IDLE wait's look into imaplib's buffer, over a real socket: on TLS an empty socket raises
+    SSLWantReadError where a plain one reads nothing (it ended every IDLE wait on a TLS mailbox)."""
+    listening = socket.create_server(("127.0.0.1", 0))
+    sent = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listening.accept()
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(TLS / "cert.pem", TLS / "key.pem")
+            conn = context.wrap_socket(conn, server_side=True)
+        with conn:
+            conn.sendall(b"+ idling\r\n* 1 EXISTS\r\n")      # the go-ahead and an announcement in one packet
+            sent.set()
+            conn.recv(1)                                        # until the client is done
+
+    threading.Thread(target=serve, daemon=True).start()
+    sock = socket.create_connection(listening.getsockname(), timeout=5)
+    if tls:
+        context = ssl.create_default_context(cafile=TLS / "cert.pem")
+        sock = context.wrap_socket(sock, server_hostname="localhost")
+    with sock, sock.makefile("rb") as reader:
+        assert reader.readline() == b"+ idling\r\n" and sent.wait(5)
+        assert read_ahead(sock, reader) is True
+        assert reader.readline() == b"* 1 EXISTS\r\n"
+        started = time.monotonic()
+        assert read_ahead(sock, reader) is False
+        assert time.monotonic() - started < 0.5 and sock.gettimeout() == IO_TIMEOUT_SECONDS
