@@ -29,7 +29,10 @@ LEASE = timedelta(minutes=5)
 FIRST_RETRY = timedelta(seconds=30)
 MAX_RETRY = timedelta(hours=1)
 CLAIM_BATCH = 50        # rows leased per pass
-_unrecorded: list[dict[str, Any]] = []     # send results a pass could not write (the database was away)
+# A send result: the row's new state (the UPDATE's parameters) and, for a mail that failed for good,
+# the event on its case.
+_Result = tuple[dict[str, Any], dict[str, Any] | None]
+_unrecorded: list[_Result] = []     # send results a pass could not write (the database was away)
 _unrecorded_lock = threading.Lock()
 
 
@@ -119,7 +122,8 @@ def deliver_due(sessions: sessionmaker[Session], sender: Sender, clock: Callable
                                                              retry_in=f"{delay.total_seconds():g}s", error=str(exc)))
                     continue
                 except PermanentFailure as exc:
-                    outcomes.add(row.id, OutboxStatus.FAILED, clock(), str(exc), _failure_event(row, clock(), str(exc)))
+                    now = clock()
+                    outcomes.add(row.id, OutboxStatus.FAILED, now, str(exc), _failure_event(row, now, str(exc)))
                     log.error("outbox.failed", extra=_facts(row, attempts=row.attempts, error=str(exc)))
                     continue
                 crash("after_relay_accepted")
@@ -163,14 +167,13 @@ class _Outcomes:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.waiting: list[dict[str, Any]] = []
+        self.waiting: list[_Result] = []
         self.counts = dict.fromkeys(OutboxStatus, 0)
 
     def add(self, row_id: int, status: OutboxStatus, when: datetime, error: str | None,
             event: dict[str, Any] | None = None) -> None:
-        self.waiting.append({"row_id": row_id, "status": status, "last_error": error,
-                             "sent_at" if status is OutboxStatus.SENT else "next_attempt_at": when,
-                             "event": event})
+        self.waiting.append(({"row_id": row_id, "status": status, "last_error": error,
+                              "sent_at" if status is OutboxStatus.SENT else "next_attempt_at": when}, event))
         self.counts[status] += 1
         self.write()
 
@@ -186,10 +189,10 @@ class _Outcomes:
 
     def _write(self) -> None:
         with self.conn.begin():
-            for result in self.waiting:
-                self.conn.execute(_RECORD, {key: value for key, value in result.items() if key != "event"})
-                if result["event"] is not None:
-                    self.conn.execute(_INSERT_EVENT, result["event"])
+            for state, event in self.waiting:
+                self.conn.execute(_RECORD, state)
+                if event is not None:
+                    self.conn.execute(_INSERT_EVENT, event)
 
     def report(self) -> DeliveryReport:
         return DeliveryReport(self.counts[OutboxStatus.SENT], self.counts[OutboxStatus.PENDING],

@@ -119,8 +119,6 @@ def _revoke_all(service: RunningService) -> None:
     assert code == 0 and "2 staff reply address(es) revoked" in out, out
 
 
-
-
 @pytest.mark.parametrize("attempt", [
     "forged_from_no_token", "untrusted_authserv", "misaligned_dkim", "forged_header_below_trusted_one",
     "revoked_token", "token_for_another_case"])
